@@ -1,0 +1,24 @@
+"""The MasaCtrl engine: invert a source image once, render consistent frames from it.
+
+Pure torch + diffusers; knows nothing about jobs, files of a job or Prefect.
+"""
+
+from .config import ControlConfig, FrameSpec, MaskConfig
+from .engine import EngineStats, SequenceEngine, SourceBranch
+from .errors import EngineInputError
+from .inversion import InvertedSource
+from .loading import load_pipeline
+from .tiny import make_tiny_checkpoint
+
+__all__ = [
+    "ControlConfig",
+    "EngineInputError",
+    "EngineStats",
+    "FrameSpec",
+    "InvertedSource",
+    "MaskConfig",
+    "SequenceEngine",
+    "SourceBranch",
+    "load_pipeline",
+    "make_tiny_checkpoint",
+]
