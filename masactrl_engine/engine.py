@@ -185,7 +185,7 @@ class SequenceEngine:
         record_maps = self._needs_source_maps()
         tokens = subject_positions(self.tokenizer, source_prompt, cfg.mask.subject) if record_maps else None
         key = (inv.digest, source_prompt, cfg.num_steps, cfg.guidance_scale, cfg.start_step, cfg.start_layer,
-               cfg.source_correction, cfg.negative_prompt, record_maps)
+               cfg.source_correction, cfg.negative_prompt, record_maps and cfg.mask.subject)
         if self._source is not None and self._source.key == key:
             return self._source
         self._source = None  # free the previous branch's keys/values before computing new ones
@@ -326,7 +326,7 @@ class SequenceEngine:
         with self._bar(len(batches) * cfg.num_steps, f"frames ({len(specs)})") as bar:
             for indices in batches:
                 guide = self._mask_guide(specs, indices, branch, shapes, source_mask)
-                batch_poses = None if poses is None else self._batch_poses(poses, indices, z_T)
+                batch_poses = None if poses is None else self._batch_poses(poses, indices)
                 z = self._denoise_frames(z_T.expand(len(indices), -1, -1, -1), indices, specs, branch, guide,
                                          self._frames_need_maps(specs, indices), batch_poses, callback, bar)
                 if guide is not None:
@@ -338,7 +338,9 @@ class SequenceEngine:
         return to_output(torch.cat([self.decode(latents[i : i + batch_size])
                                     for i in range(0, len(latents), batch_size)]), output_type)
 
-    def _batch_poses(self, poses, indices, like):
+    def _batch_poses(self, poses, indices):
+        if all(poses[i] is None for i in indices):
+            return None  # no ControlNet work for a batch without poses
         blank = torch.zeros_like(next(p for p in poses if p is not None))
         images = torch.stack([poses[i] if poses[i] is not None else blank for i in indices])
         weights = torch.tensor([self.config.controlnet_scale if poses[i] is not None else 0.0 for i in indices])

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,38 +63,31 @@ def _binary(continuous: torch.Tensor, grid: tuple[int, int], threshold: float) -
 def auto_masks(
     maps: list[tuple[int, torch.Tensor]], rows_tokens: list[list[int]], before_block: int,
     mask_grid: tuple[int, int], grid: tuple[int, int], threshold: float,
-) -> list[torch.Tensor | None]:
-    """Binary (tokens,) masks per row from the mask-level maps of blocks before ``before_block``:
+) -> torch.Tensor | None:
+    """Binary (rows, tokens) masks from the mask-level maps of blocks before ``before_block``:
     subject tokens summed, layers averaged, min-max normalised, upsampled, thresholded.
-    ``None`` for a row whose map is constant (it cannot be normalised)."""
+
+    ``None`` when no such block has run yet. A constant map cannot be normalised and comes out
+    empty, which the caller treats as degenerate. No host-device synchronisation happens here.
+    """
     usable = [m for block, m in maps if block < before_block]
     if not usable:
-        return [None] * len(rows_tokens)
+        return None
     mean = torch.stack(usable).mean(0)  # (rows, mask tokens, text tokens)
-    out: list[torch.Tensor | None] = []
-    for row, tokens in enumerate(rows_tokens):
-        image = mean[row][:, tokens].sum(-1).view(1, *mask_grid)
-        low, high = image.min(), image.max()
-        if not high > low:
-            out.append(None)
-            continue
-        out.append(_binary((image - low) / (high - low), grid, threshold)[0])
-    return out
+    images = torch.stack([mean[row][:, tokens].sum(-1) for row, tokens in enumerate(rows_tokens)])
+    images = images.view(len(rows_tokens), *mask_grid)
+    low = images.flatten(1).min(1).values[:, None, None]
+    high = images.flatten(1).max(1).values[:, None, None]
+    normalised = torch.where(high > low, (images - low) / (high - low).clamp_min(1e-12), torch.full_like(images, -1.0))
+    return _binary(normalised, grid, threshold)
 
 
 def explicit_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return _binary(mask[0], grid, 0.5)[0]
 
 
-def _degenerate(mask: torch.Tensor | None) -> str | None:
-    if mask is None:
-        return "mask could not be formed (constant map, or no mask-level maps before this layer)"
-    total = float(mask.sum())
-    if total == 0:
-        return "mask empty"
-    if total == mask.numel():
-        return "mask full"
-    return None
+REASONS = ("source mask empty", "source mask full", "frame mask empty", "frame mask full",
+           "no mask-level cross-attention maps before this layer")
 
 
 @dataclass
@@ -104,6 +96,8 @@ class MaskGuide:
 
     Source side: an explicit mask or the source branch's maps (per step) with its subject token
     positions. Frame side: per frame an explicit mask or subject token positions.
+    Degenerate masks (empty or full) fall back to plain mutual attention for the frame; the
+    counts stay on the device until ``report`` so the denoising loop never waits for the host.
     """
 
     threshold: float
@@ -114,55 +108,62 @@ class MaskGuide:
     source_tokens: list[int] | None = None
     source_maps: dict[int, list[tuple[int, torch.Tensor]]] | None = None
     source_explicit: torch.Tensor | None = None
-    fallbacks: Counter = field(default_factory=Counter)
+    counts: torch.Tensor | None = None  # (frames, len(REASONS))
+
+    def _count(self, reasons: torch.Tensor) -> None:
+        self.counts = reasons.long() if self.counts is None else self.counts + reasons.long()
 
     def _source_mask(self, ctx: CallContext, block: int, grid) -> torch.Tensor | None:
         if self.source_explicit is not None:
             return explicit_mask(self.source_explicit, grid)
-        maps = self.source_maps.get(ctx.step, [])
-        return auto_masks(maps, [self.source_tokens], block, self.shapes[MASK_LEVEL], grid, self.threshold)[0]
+        masks = auto_masks(self.source_maps.get(ctx.step, []), [self.source_tokens], block,
+                           self.shapes[MASK_LEVEL], grid, self.threshold)
+        return None if masks is None else masks[0]
 
-    def _frame_masks(self, ctx: CallContext, block: int, grid) -> list[torch.Tensor | None]:
-        needs_auto = [t if e is None else [] for t, e in zip(self.frame_tokens, self.frame_explicit)]
-        auto = auto_masks(ctx.maps, needs_auto, block, self.shapes[MASK_LEVEL], grid, self.threshold) if any(
-            e is None for e in self.frame_explicit) else [None] * len(needs_auto)
-        return [explicit_mask(e, grid) if e is not None else a for e, a in zip(self.frame_explicit, auto)]
-
-    @staticmethod
-    def _problem(source: torch.Tensor | None, frame: torch.Tensor | None) -> str | None:
-        if problem := _degenerate(source):
-            return f"source {problem}"
-        if problem := _degenerate(frame):
-            return f"frame {problem}"
-        return None
+    def _frame_masks(self, ctx: CallContext, block: int, grid) -> torch.Tensor | None:
+        auto_rows = [i for i, explicit in enumerate(self.frame_explicit) if explicit is None]
+        auto = None
+        if auto_rows:
+            auto = auto_masks(ctx.maps, [self.frame_tokens[i] for i in auto_rows], block,
+                              self.shapes[MASK_LEVEL], grid, self.threshold)
+            if auto is None:
+                return None
+        rows, next_auto = [], iter(range(len(auto_rows)))
+        for explicit in self.frame_explicit:
+            rows.append(explicit_mask(explicit, grid) if explicit is not None else auto[next(next_auto)])
+        return torch.stack(rows)
 
     def attend(self, q, k_src, v_src, scale, ctx: CallContext, block: int):
-        grid = grid_of(q.shape[2], self.shapes)
+        frames, grid = len(self.frame_indices), grid_of(q.shape[2], self.shapes)
+        plain = mutual_attention(q, k_src, v_src, scale)
         source = self._source_mask(ctx, block, grid)
-        frames = self._frame_masks(ctx, block, grid)
-        problems = [self._problem(source, frame) for frame in frames]
-        for index, problem in zip(self.frame_indices, problems):
-            if problem:
-                self.fallbacks[(index, problem)] += 1
-        if all(problems):
-            return mutual_attention(q, k_src, v_src, scale)
+        masks = self._frame_masks(ctx, block, grid)
+        if source is None or masks is None:
+            reasons = torch.zeros(frames, len(REASONS), dtype=torch.bool, device=q.device)
+            reasons[:, 4] = True
+            self._count(reasons)
+            return plain
+        tokens = float(source.numel())
+        source_sum, frame_sums = source.sum(), masks.sum(-1)
+        reasons = torch.stack([
+            (source_sum == 0).expand(frames), (source_sum == tokens).expand(frames),
+            frame_sums == 0, frame_sums == tokens, torch.zeros_like(frame_sums, dtype=torch.bool),
+        ], dim=1)
+        self._count(reasons)
         keep = source.bool()[None, None, None, :]
+        # A fully masked key set gives NaN rows in SDPA; torch.where below never selects them.
         fg = mutual_attention(q, k_src, v_src, scale, mask=keep)
         bg = mutual_attention(q, k_src, v_src, scale, mask=~keep)
-        weight = torch.stack([torch.zeros_like(source[:1]).expand(q.shape[2]) if problem else frame
-                              for frame, problem in zip(frames, problems)])
-        weight = weight.repeat(2, 1)[:, None, :, None].to(q.dtype)  # both CFG halves use the frame's mask
-        out = weight * fg + (1 - weight) * bg
-        if not any(problems):
-            return out
-        fallback = torch.tensor([bool(p) for p in problems], device=q.device).repeat(2)[:, None, None, None]
-        return torch.where(fallback, mutual_attention(q, k_src, v_src, scale), out)
+        weight = masks.repeat(2, 1)[:, None, :, None].to(q.dtype)  # both CFG halves use the frame's mask
+        blended = weight * fg + (1 - weight) * bg
+        fallback = reasons[:, :4].any(1).repeat(2)[:, None, None, None]
+        return torch.where(fallback, plain, blended)
 
     def report(self) -> None:
-        by_frame: dict[int, list[str]] = {}
-        for (index, problem), n in sorted(self.fallbacks.items()):
-            by_frame.setdefault(index, []).append(f"{problem} at {n} step/layer pairs")
-        for index, problems in by_frame.items():
-            log.warning(
-                "frame %d: %s; used plain mutual self-attention there", index, ", ".join(problems)
-            )
+        """Log, per frame, where masks were degenerate and plain mutual attention was used."""
+        if self.counts is None:
+            return
+        for index, row in zip(self.frame_indices, self.counts.tolist()):
+            problems = [f"{reason} at {n} step/layer pairs" for reason, n in zip(REASONS, row) if n]
+            if problems:
+                log.warning("frame %d: %s; used plain mutual self-attention there", index, ", ".join(problems))
