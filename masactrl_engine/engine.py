@@ -228,7 +228,7 @@ class SequenceEngine:
 
     # ---------------------------------------------------------------- frames
 
-    def _prepare_frames(self, frames, height: int, width: int) -> list[FrameSpec]:
+    def _prepare_frames(self, frames) -> list[FrameSpec]:
         if isinstance(frames, (str, FrameSpec)) or not hasattr(frames, "__len__"):
             raise EngineInputError("frames: pass a list of FrameSpec (or prompt strings)")
         if len(frames) == 0:
@@ -243,45 +243,46 @@ class SequenceEngine:
                 )
         return specs
 
-    def _frames_need_maps(self, specs, indices) -> bool:
-        return self.config.mask is not None and any(specs[i].mask is None for i in indices)
+    @dataclass
+    class _MaskPlan:
+        source_explicit: torch.Tensor | None
+        frame_tokens: list  # per frame: subject token positions, or None with an explicit mask
+        frame_explicit: list  # per frame: (1, 1, H, W) mask tensor, or None
 
-    def _mask_guide(self, specs, indices, branch: SourceBranch, shapes, source_mask) -> MaskGuide | None:
-        mask = self.config.mask
-        if mask is None:
-            return None
-        return MaskGuide(
-            threshold=mask.threshold,
-            shapes=shapes,
-            frame_indices=indices,
-            frame_tokens=[None if specs[i].mask is not None else
-                          subject_positions(self.tokenizer, specs[i].prompt, mask.subject) for i in indices],
-            frame_explicit=[None if specs[i].mask is None else
-                            mask_pixels(specs[i].mask, f"frames[{i}].mask").to(self.device) for i in indices],
-            source_tokens=branch.tokens,
-            source_maps=branch.maps,
-            source_explicit=source_mask,
-        )
-
-    def _validate_masks(self, specs, source_prompt: str) -> torch.Tensor | None:
+    def _plan_masks(self, specs, source_prompt: str) -> "_MaskPlan | None":
         """All subject lookups and mask conversions, before any UNet call."""
         mask = self.config.mask
         if mask is None:
             return None
+        tokens, explicit = [], []
         for i, spec in enumerate(specs):
-            if spec.mask is None:
-                if mask.subject is None:
-                    raise EngineInputError(
-                        f"frames[{i}].mask: needed because mask.subject is not set; give every frame a mask "
-                        "image or set MaskConfig(subject=...)"
-                    )
-                subject_positions(self.tokenizer, spec.prompt, mask.subject)
-            else:
-                mask_pixels(spec.mask, f"frames[{i}].mask")
+            if spec.mask is None and mask.subject is None:
+                raise EngineInputError(
+                    f"frames[{i}].mask: needed because mask.subject is not set; give every frame a mask "
+                    "image or set MaskConfig(subject=...)"
+                )
+            tokens.append(None if spec.mask is not None else subject_positions(self.tokenizer, spec.prompt, mask.subject))
+            explicit.append(None if spec.mask is None else mask_pixels(spec.mask, f"frames[{i}].mask").to(self.device))
         if mask.source_mask is None:
             subject_positions(self.tokenizer, source_prompt, mask.subject)
+            source = None
+        else:
+            source = mask_pixels(mask.source_mask, "mask.source_mask").to(self.device)
+        return self._MaskPlan(source, tokens, explicit)
+
+    def _mask_guide(self, plan, indices, branch: SourceBranch, shapes) -> MaskGuide | None:
+        if plan is None:
             return None
-        return mask_pixels(mask.source_mask, "mask.source_mask").to(self.device)
+        return MaskGuide(
+            threshold=self.config.mask.threshold,
+            shapes=shapes,
+            frame_indices=indices,
+            frame_tokens=[plan.frame_tokens[i] for i in indices],
+            frame_explicit=[plan.frame_explicit[i] for i in indices],
+            source_tokens=branch.tokens,
+            source_maps=branch.maps,
+            source_explicit=plan.source_explicit,
+        )
 
     def _controlnet_residuals(self, x, step, embeddings, poses, weights):
         cfg = self.config
@@ -312,8 +313,8 @@ class SequenceEngine:
             raise EngineInputError(f"batch_size: {batch_size!r} must be a whole number >= 1")
         if not isinstance(source_prompt, str):
             raise EngineInputError(f"source_prompt: expected a string, got {type(source_prompt).__name__}")
-        specs = self._prepare_frames(frames, inv.height, inv.width)
-        source_mask = self._validate_masks(specs, source_prompt)
+        specs = self._prepare_frames(frames)
+        mask_plan = self._plan_masks(specs, source_prompt)
         use_poses = self.controlnet is not None and cfg.controlnet_scale > 0 and any(s.pose is not None for s in specs)
         poses = [conditioning_pixels(s.pose, inv.height, inv.width, f"frames[{i}].pose") if s.pose is not None
                  else None for i, s in enumerate(specs)] if use_poses else None
@@ -325,10 +326,10 @@ class SequenceEngine:
         batches = [list(range(i, min(i + batch_size, len(specs)))) for i in range(0, len(specs), batch_size)]
         with self._bar(len(batches) * cfg.num_steps, f"frames ({len(specs)})") as bar:
             for indices in batches:
-                guide = self._mask_guide(specs, indices, branch, shapes, source_mask)
+                guide = self._mask_guide(mask_plan, indices, branch, shapes)
                 batch_poses = None if poses is None else self._batch_poses(poses, indices)
                 z = self._denoise_frames(z_T.expand(len(indices), -1, -1, -1), indices, specs, branch, guide,
-                                         self._frames_need_maps(specs, indices), batch_poses, callback, bar)
+                                         batch_poses, callback, bar)
                 if guide is not None:
                     guide.report()
                 outputs.append(z)
@@ -348,8 +349,10 @@ class SequenceEngine:
         weights = torch.cat([weights, weights]).to(self.device, self.dtype)[:, None, None, None]
         return images, weights
 
-    def _denoise_frames(self, z, indices, specs, branch, guide, record_maps, batch_poses, callback, bar):
+    def _denoise_frames(self, z, indices, specs, branch, guide, batch_poses, callback, bar):
         cfg = self.config
+        # Frames with automatic masks need their own mask-level cross-attention maps.
+        record_maps = guide is not None and any(tokens is not None for tokens in guide.frame_tokens)
         processors = {}
         tokens_at_mask_level = self._mask_level_tokens(z.shape[2:])
         for layer in self.layers:

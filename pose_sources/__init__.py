@@ -1,0 +1,50 @@
+"""Everything that turns what a user has into OpenPose pose maps for ControlNet.
+
+    seq = pose_sources.load(spec, size=(w, h))
+    maps = seq.render((w, h))  # list of PIL RGB images, one per frame
+
+No Prefect and no engine imports here; controlnet_aux is imported only when drawing or
+detecting. See README.md beside this file.
+"""
+
+from .errors import PoseSourceError
+from .images import PoseMaps, fit_image, list_pose_images
+from .keyframes import interpolate_keyframes, interpolate_pose
+from .load import load
+from .openpose_json import parse_openpose, read_openpose_folder, read_openpose_json
+from .overlay import overlay
+from .pose import COCO18_NAMES, Person, Pose, PoseSequence
+from .retarget import Overflow, PoseOutsideCanvasError, measure_overflow, retarget
+from .spec import KeyframesSpec, OpenPoseJsonSpec, PoseImagesSpec, PoseSpec, PoseSpecAdapter, VideoSpec
+from .video import detect_image_pose, detect_video_poses, load_openpose_detector
+
+__all__ = [
+    "COCO18_NAMES",
+    "KeyframesSpec",
+    "OpenPoseJsonSpec",
+    "Overflow",
+    "Person",
+    "Pose",
+    "PoseImagesSpec",
+    "PoseMaps",
+    "PoseOutsideCanvasError",
+    "PoseSequence",
+    "PoseSourceError",
+    "PoseSpec",
+    "PoseSpecAdapter",
+    "VideoSpec",
+    "detect_image_pose",
+    "detect_video_poses",
+    "fit_image",
+    "interpolate_keyframes",
+    "interpolate_pose",
+    "list_pose_images",
+    "load",
+    "load_openpose_detector",
+    "measure_overflow",
+    "overlay",
+    "parse_openpose",
+    "read_openpose_folder",
+    "read_openpose_json",
+    "retarget",
+]
