@@ -1,9 +1,13 @@
 """Shared fixtures. Everything runs offline on the tiny checkpoint the project writes itself."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect reads its settings when it is first imported: point it at a throw-away home first.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest
 
@@ -22,3 +26,14 @@ def tiny_pipe(tiny_checkpoint):
     from masactrl_engine import load_pipeline
 
     return load_pipeline(tiny_checkpoint, controlnet=tiny_checkpoint / "controlnet", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tiny_checkpoint):
+    """A temporary Prefect API (SQLite) for the whole session; flows find the tiny model through
+    MASACTRL_TINY_DIR (started once: it costs ~30 s)."""
+    os.environ["MASACTRL_TINY_DIR"] = str(tiny_checkpoint)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

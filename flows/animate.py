@@ -1,0 +1,240 @@
+"""The ``animate`` flow: one job in, PNG frames + GIF + MP4 + contact sheet out.
+
+    resolve-job -> invert-source (cached) -> render-frames (subflow: render-chunk.map) -> stitch
+
+The render tasks run in a subflow so that the job chooses their task runner
+(``task_runner_for``): a thread pool by default, Dask on request.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+from uuid import UUID
+
+from prefect import flow
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.logging import get_run_logger
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from . import frames_io, progress, rendering
+from .job import AnimationJob
+from .plan import ChunkRequest, JobPlan
+from .tasks import invert_source, render_chunk, resolve_job, stitch
+
+UNET_COUNTS = (
+    "inversion_calls", "inversion_samples", "source_calls", "source_samples", "frame_calls", "frame_samples",
+    "generation_calls", "generation_samples", "controlnet_calls", "controlnet_samples",
+)
+
+
+class AnimationResult(BaseModel):
+    """What a finished job produced: paths, counts, timings and the engine's UNet calls."""
+
+    job_hash: str
+    job_dir: str
+    frame_count: int
+    frames: list[str] = Field(description="PNG frames, in order.")
+    gif: Optional[str] = None
+    mp4: Optional[str] = None
+    contact_sheet: Optional[str] = None
+    side_by_side: Optional[str] = Field(None, description="pose | frame preview (GIF, else MP4, else PNG).")
+    outputs: dict[str, str] = Field(default_factory=dict)
+    inversion_dir: str
+    inversion_cached: bool = Field(description="True when the inversion was not computed by this run.")
+    frames_rendered: int
+    frames_skipped: int = Field(description="Frames already on disk (earlier or interrupted runs).")
+    timings: dict[str, float] = Field(description="Seconds per stage: resolve, invert, render, stitch, total.")
+    unet_calls: dict[str, int] = Field(description="Engine UNet calls/samples by purpose, for this run only.")
+
+
+def task_runner_for(job: AnimationJob) -> TaskRunner:
+    """The task runner of the job's render tasks; the single place where runners are chosen.
+
+    'threads': a bounded thread pool (one pipeline per process, an engine lock serialises GPU use).
+    'dask': ``prefect_dask.DaskTaskRunner``, on ``execution.dask_address`` or a local cluster of
+    ``execution.workers`` single-threaded processes (each loads its own pipeline).
+    """
+    ex = job.execution
+    if ex.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=ex.workers)
+    if ex.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if ex.dask_address:
+            return DaskTaskRunner(address=ex.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": ex.workers, "processes": True, "threads_per_worker": 1})
+    raise ValueError(f"execution.runner: unknown runner {ex.runner!r}; use 'threads' or 'dask'")
+
+
+def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + int(v)
+
+
+@flow(name="render-frames", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUID] = None) -> list[dict]:
+    """Fan the chunks out to the task runner; report progress as they finish."""
+    logger = get_run_logger()
+    total = sum(len(c.frames) for c in chunks)
+    done = sum(len(c.frames) - len(frames_io.missing_frames(c.job_dir, [f.index for f in c.frames], (c.width, c.height)))
+               for c in chunks)
+    logger.info("Rendering %d frames in %d chunk(s); %d already on disk", total, len(chunks), done)
+    futures = render_chunk.map(chunks)
+    reports, failures = [], []
+    with progress.frame_bar(total, initial=done) as bar:
+        for future in as_completed(list(futures)):
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, BaseException) or not isinstance(outcome, dict):
+                failures.append(outcome)
+                logger.error("A render chunk failed: %s", outcome)
+                continue
+            reports.append(outcome)
+            done += len(outcome["rendered"])
+            bar.update(len(outcome["rendered"]))
+            if progress_artifact_id is not None:
+                update_progress_artifact(progress_artifact_id, progress=100.0 * done / max(total, 1))
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} of {len(chunks)} render chunk(s) failed ({failures[0]}); the frames already "
+            "written are kept: run the same job again to render only the missing ones"
+        )
+    return sorted(reports, key=lambda r: r["index"])
+
+
+def _frame_table(plan: JobPlan, reports: list[dict]) -> list[dict]:
+    seconds: dict[int, float] = {}
+    rendered: set[int] = set()
+    for r in reports:
+        rendered.update(r["rendered"])
+        seconds.update({int(k): float(v) for k, v in r["frame_seconds"].items()})
+    return [
+        {
+            "index": f.index,
+            "prompt": f.prompt,
+            "pose": Path(f.pose).name if f.pose else "",
+            "file": str(frames_io.frame_path(plan.job_dir, f.index)),
+            "seconds": round(seconds.get(f.index, 0.0), 3),
+            "status": "rendered" if f.index in rendered else "on disk",
+        }
+        for f in plan.frames
+    ]
+
+
+def _outputs_markdown(result: AnimationResult) -> str:
+    lines = [
+        f"# Animation {result.job_hash[:16]}",
+        "",
+        f"{result.frame_count} frames ({result.frames_rendered} rendered now, {result.frames_skipped} already on disk); "
+        f"inversion {'reused' if result.inversion_cached else 'computed'}.",
+        "",
+        "| output | path |",
+        "| --- | --- |",
+    ]
+    for name, path in sorted(result.outputs.items()):
+        lines.append(f"| {name} | [{path}]({Path(path).as_uri()}) |")
+    lines.append(f"| frames | [{Path(result.job_dir, frames_io.FRAMES_DIR)}]({Path(result.job_dir, frames_io.FRAMES_DIR).as_uri()}) |")
+    lines += ["", "| stage | seconds |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in result.timings.items()]
+    lines += ["", "| UNet | count |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in result.unet_calls.items()]
+    return "\n".join(lines)
+
+
+@flow(name="animate", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json")
+def animate(job: AnimationJob) -> AnimationResult:
+    """Render a consistent animation of the source picture's subject (MasaCtrl + ControlNet OpenPose)."""
+    logger = get_run_logger()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    plan = resolve_job(job)
+    timings["resolve"] = time.perf_counter() - t_start
+    key = plan.job_hash[:16]
+    progress_id = create_progress_artifact(0.0, key=f"progress-{key}", description=f"Frames of job {key}")
+
+    t = time.perf_counter()
+    state = invert_source(plan.inversion, return_state=True)
+    inversion = state.result()  # raises when the task failed
+    cached = state.name == "Cached"
+    if cached and not rendering.inversion_ready(inversion["path"]):
+        logger.warning("Cached inversion %s is gone from disk; inverting again", inversion["path"])
+        inversion = invert_source.with_options(refresh_cache=True)(plan.inversion)
+        cached = False
+    cached = cached or not inversion["computed"]
+    timings["invert"] = time.perf_counter() - t
+    unet_calls = {k: 0 for k in UNET_COUNTS}
+    if not cached:
+        _add_counts(unet_calls, inversion["stats"])
+
+    t = time.perf_counter()
+    chunks = plan.chunks(job.output.chunk_size, job.settings.batch_size, inversion["path"])
+    try:
+        reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id)
+    except Exception:
+        update_progress_artifact(progress_id, progress=_done_percent(plan),
+                                 description=f"Frames of job {key}: interrupted; re-run the job to resume")
+        raise
+    timings["render"] = time.perf_counter() - t
+    for r in reports:
+        _add_counts(unet_calls, r["stats"])
+
+    t = time.perf_counter()
+    outputs = stitch(plan.frame_paths(), plan.job_dir, job.output.fps, job.output.gif, job.output.mp4,
+                     job.output.loop, plan.pose_paths() or None)
+    timings["stitch"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    rendered = sum(len(r["rendered"]) for r in reports)
+    result = AnimationResult(
+        job_hash=plan.job_hash,
+        job_dir=plan.job_dir,
+        frame_count=len(plan.frames),
+        frames=plan.frame_paths(),
+        gif=outputs.get("gif"),
+        mp4=outputs.get("mp4"),
+        contact_sheet=outputs.get("contact_sheet"),
+        side_by_side=outputs.get("side_by_side_gif") or outputs.get("side_by_side_mp4") or outputs.get("side_by_side_png"),
+        outputs=outputs,
+        inversion_dir=inversion["path"],
+        inversion_cached=cached,
+        frames_rendered=rendered,
+        frames_skipped=len(plan.frames) - rendered,
+        timings={k: round(v, 3) for k, v in timings.items()},
+        unet_calls=unet_calls,
+    )
+    _publish(result, plan, reports, progress_id)
+    frames_io.write_json_atomic(Path(plan.job_dir) / frames_io.RESULT_FILE, result.model_dump(mode="json"))
+    logger.info("Done: %d frames (%d rendered) in %.1f s -> %s", result.frame_count, rendered, timings["total"],
+                result.gif or result.mp4 or result.job_dir)
+    return result
+
+
+def _done_percent(plan: JobPlan) -> float:
+    missing = frames_io.missing_frames(plan.job_dir, [f.index for f in plan.frames], (plan.width, plan.height))
+    return 100.0 * (len(plan.frames) - len(missing)) / max(len(plan.frames), 1)
+
+
+def _publish(result: AnimationResult, plan: JobPlan, reports: list[dict], progress_id: UUID) -> None:
+    key = plan.job_hash[:16]
+    update_progress_artifact(progress_id, progress=100.0, description=f"Frames of job {key}: done")
+    create_table_artifact(
+        key=f"frames-{key}", table=_frame_table(plan, reports),
+        description=f"Frames of job {key}: index, prompt, pose, file, seconds",
+    )
+    create_markdown_artifact(key=f"outputs-{key}", markdown=_outputs_markdown(result),
+                             description=f"Outputs of job {key}")
+    for name in ("gif", "mp4"):
+        path = getattr(result, name)
+        if path:
+            create_link_artifact(key=f"{name}-{key}", link=Path(path).as_uri(), link_text=Path(path).name,
+                                 description=f"{name.upper()} of job {key}")

@@ -1,0 +1,290 @@
+"""``masactrl-animate``: run, validate, demo, serve and submit animation jobs.
+
+    masactrl-animate run job.yaml --set output.fps=12 --set settings.steps=30
+    masactrl-animate demo
+    masactrl-animate serve --inbox ./inbox
+    masactrl-animate submit job.yaml            # waits, printing progress
+    masactrl-animate submit job.yaml --no-wait  # prints the flow-run id
+
+Exit codes: 0 done, 1 the run failed, 2 the job is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _print_invalid(source: str, exc: Exception) -> int:
+    from pydantic import ValidationError
+
+    from .job import describe_validation_error
+
+    print(f"{source}: invalid job", file=sys.stderr)
+    lines = describe_validation_error(exc) if isinstance(exc, ValidationError) else [str(exc)]
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _load(path: str, overrides: Sequence[str]):
+    """The validated job, or an exit code after printing what is wrong."""
+    from pydantic import ValidationError
+
+    from .job import JobInputError
+    from .jobfiles import JobFileError, load_job
+
+    try:
+        return load_job(path, overrides)
+    except (ValidationError, JobFileError, JobInputError) as exc:
+        return _print_invalid(path, exc)
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    rows = [("frames", f"{result.frame_count} ({result.frames_rendered} rendered, {result.frames_skipped} already on disk)"),
+            ("folder", result.job_dir), ("GIF", result.gif), ("MP4", result.mp4),
+            ("contact sheet", result.contact_sheet), ("pose | frame", result.side_by_side)]
+    for name, value in rows:
+        if value:
+            print(f"{name + ':':15} {value}")
+
+
+def cmd_run(args) -> int:
+    job = _load(args.job, args.set)
+    if isinstance(job, int):
+        return job
+    from .animate import animate
+    from .job import JobInputError
+    from .progress import enable_terminal_progress
+
+    enable_terminal_progress(not args.no_progress)
+    state = animate(job, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, JobInputError):
+        return _print_invalid(args.job, result)
+    if not state.is_completed():
+        print(f"run failed: {result}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_result(result, args.json)
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    job = _load(args.job, args.set)
+    if isinstance(job, int):
+        return job
+    from .job import JobInputError
+    from .plan import plan_job
+
+    try:
+        plan = plan_job(job, write=False)
+    except JobInputError as exc:
+        return _print_invalid(args.job, exc)
+    print(f"valid: {len(plan.frames)} frames -> {plan.job_dir}")
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    from .job import AnimationJob
+
+    print(json.dumps(AnimationJob.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .progress import enable_terminal_progress
+
+    enable_terminal_progress(not args.no_progress)
+    results = run_demo(Path(args.out), size=args.size, steps=args.steps)
+    print()
+    for name, result in results.items():
+        print(f"{name}:")
+        print(f"  GIF:  {result.gif}")
+        print(f"  MP4:  {result.mp4}")
+        print(f"  contact sheet: {result.contact_sheet}")
+        if result.side_by_side:
+            print(f"  pose | frame:  {result.side_by_side}")
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from .deployments import serve_deployments
+
+    cron = None if args.no_schedule else args.cron
+    serve_deployments(args.inbox, cron=cron, output_folder=args.output_folder, limit=args.limit)
+    return EXIT_OK
+
+
+def _progress_of(client, flow_run_id) -> Optional[tuple[float, str]]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                                       type=ArtifactFilterType(any_=["progress"]))
+    )
+    if not artifacts:
+        return None
+    art = artifacts[0]
+    return float(art.data or 0.0), art.key or ""
+
+
+def watch_flow_run(flow_run_id, timeout: Optional[float] = None, poll: float = 1.0, show: bool = True):
+    """Poll a flow run until it is final, showing its state and progress artifact; returns the final FlowRun.
+
+    On a terminal: a progress bar. Otherwise (logs, CI): one line per change of state or progress.
+    """
+    from prefect.client.orchestration import get_client
+    from tqdm.auto import tqdm
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar = None
+    if show and sys.stderr.isatty():
+        bar = tqdm(total=100.0, unit="%", desc="frames", file=sys.stderr,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+    last: tuple = ()
+    with get_client(sync_client=True) as client:
+        try:
+            while True:
+                run = client.read_flow_run(flow_run_id)
+                state = run.state.name if run.state else "Pending"
+                progress = _progress_of(client, flow_run_id)
+                percent = min(100.0, progress[0]) if progress else 0.0
+                if (state, round(percent)) != last:
+                    last = (state, round(percent))
+                    if bar is not None:
+                        bar.n = percent
+                        bar.set_postfix_str(state)
+                    elif show:
+                        print(f"{run.name}: {state}, frames {percent:.0f}%", file=sys.stderr, flush=True)
+                if run.state is not None and run.state.is_final():
+                    return run
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"flow run {flow_run_id} still {state} after {timeout} s")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _result_of(run, job) -> Optional[object]:
+    """The AnimationResult of a finished run: the persisted flow result, else the job folder's result.json."""
+    from .animate import AnimationResult
+    from .frames_io import RESULT_FILE
+
+    try:
+        result = run.state.result(raise_on_failure=False)
+        if isinstance(result, AnimationResult):
+            return result
+        if isinstance(result, dict):
+            return AnimationResult.model_validate(result)
+    except Exception:  # noqa: BLE001 - result storage may live on another machine
+        pass
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        progress = _progress_of(client, run.id)
+    if progress and progress[1].startswith("progress-"):
+        path = Path(job.output.folder).absolute() / progress[1][len("progress-"):] / RESULT_FILE
+        if path.is_file():
+            return AnimationResult.model_validate_json(path.read_text())
+    return None
+
+
+def cmd_submit(args) -> int:
+    job = _load(args.job, args.set)
+    if isinstance(job, int):
+        return job
+    from prefect.deployments import run_deployment
+
+    try:
+        run = run_deployment(args.deployment, parameters={"job": job.model_dump(mode="json")}, timeout=0,
+                             as_subflow=False)
+    except Exception as exc:  # noqa: BLE001 - no server, no deployment, ...
+        print(f"could not submit to deployment {args.deployment!r}: {exc}\n"
+              "Is a Prefect server running (PREFECT_API_URL) and `masactrl-animate serve` started?", file=sys.stderr)
+        return EXIT_FAILED
+    if args.no_wait:
+        print(run.id)
+        return EXIT_OK
+    print(f"flow run {run.id} ({run.name}) submitted to {args.deployment}", file=sys.stderr)
+    try:
+        final = watch_flow_run(run.id, timeout=args.timeout, show=not args.no_progress)
+    except TimeoutError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILED
+    if not final.state.is_completed():
+        print(f"flow run {run.id} ended {final.state.name}: {final.state.message or ''}", file=sys.stderr)
+        return EXIT_FAILED
+    result = _result_of(final, job)
+    if result is None:
+        print(f"flow run {run.id} completed; its result could not be read here", file=sys.stderr)
+        return EXIT_OK
+    _print_result(result, args.json)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON
+
+    parser = argparse.ArgumentParser(prog="masactrl-animate", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def job_args(p):
+        p.add_argument("job", help="job file (YAML or JSON); input paths in it are relative to its folder")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field, dotted keys: --set output.fps=12 (repeatable)")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("run", help="run a job file locally (ephemeral Prefect unless PREFECT_API_URL is set)")
+    job_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a job file without loading any model")
+    job_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON schema of a job")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("demo", help="render the bundled examples with the tiny model")
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--size", type=int, default=128, help="frame width and height (default: 128)")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps (default: 10)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="register the deployments and run their flow runs until Ctrl-C")
+    p.add_argument("--inbox", default="inbox", help="inbox folder of job files (default: ./inbox)")
+    p.add_argument("--cron", default=DEFAULT_INBOX_CRON, help=f"inbox schedule (default: '{DEFAULT_INBOX_CRON}')")
+    p.add_argument("--no-schedule", action="store_true", help="register animate-inbox without a schedule")
+    p.add_argument("--output-folder", default=None, help="base for relative output folders of inbox jobs")
+    p.add_argument("--limit", type=int, default=None, help="at most this many flow runs at once")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("submit", help="trigger the animate deployment on a running server and wait")
+    job_args(p)
+    p.add_argument("--deployment", default=ANIMATE_DEPLOYMENT, help=f"default: {ANIMATE_DEPLOYMENT}")
+    p.add_argument("--no-wait", action="store_true", help="print the flow-run id and return")
+    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

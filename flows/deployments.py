@@ -1,0 +1,114 @@
+"""Deployments: ``animate`` (run from the UI or ``masactrl-animate submit``) and ``animate-inbox``
+(on a cron schedule: renders every job file in an inbox folder that has no finished output).
+
+    masactrl-animate serve --inbox ./inbox --cron "*/5 * * * *"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field, ValidationError
+
+from .animate import animate
+from .job import JobInputError, describe_validation_error
+from .jobfiles import JobFileError, finished_result, job_files, load_job
+
+ANIMATE_DEPLOYMENT = "animate/animate"
+INBOX_DEPLOYMENT = "animate-inbox/animate-inbox"
+DEFAULT_INBOX_CRON = "*/5 * * * *"
+TAGS = ["masactrl-animate"]
+
+
+class InboxReport(BaseModel):
+    rendered: list[str] = Field(default_factory=list, description="Job files rendered by this run.")
+    skipped: list[str] = Field(default_factory=list, description="Job files whose output was already finished.")
+    failed: dict[str, str] = Field(default_factory=dict, description="Job file -> error.")
+
+
+@flow(name="animate-inbox", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def animate_inbox(
+    inbox: str = Field("inbox", description="Folder of job files (*.yaml, *.yml, *.json)."),
+    output_folder: Optional[str] = Field(
+        None, description="Relative output folders of the job files are taken from here (empty = the inbox folder)."
+    ),
+) -> InboxReport:
+    """Render every job file in the inbox that has no finished output yet (idempotent)."""
+    logger = get_run_logger()
+    inbox_dir = Path(inbox).expanduser().absolute()
+    if not inbox_dir.is_dir():
+        raise ValueError(f"inbox: {inbox_dir} is not a folder; create it or pass an existing folder")
+    base = Path(output_folder).expanduser().absolute() if output_folder else inbox_dir
+    report = InboxReport()
+    files = job_files(inbox_dir)
+    logger.info("Inbox %s: %d job file(s)", inbox_dir, len(files))
+    for path in files:
+        try:
+            job = load_job(path, output_base=base)
+            done = finished_result(job)
+            if done is not None:
+                logger.info("%s: already finished (%s); skipping", path.name, done.parent)
+                report.skipped.append(path.name)
+                continue
+            logger.info("%s: rendering", path.name)
+            animate.with_options(flow_run_name=f"inbox-{path.stem}")(job)
+            report.rendered.append(path.name)
+        except ValidationError as exc:
+            report.failed[path.name] = "; ".join(describe_validation_error(exc))
+        except (JobFileError, JobInputError) as exc:
+            report.failed[path.name] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others
+            report.failed[path.name] = f"{type(exc).__name__}: {exc}"
+        if path.name in report.failed:
+            logger.error("%s: %s", path.name, report.failed[path.name])
+
+    lines = [f"# Inbox {inbox_dir}", "", "| job file | status |", "| --- | --- |"]
+    lines += [f"| {n} | rendered |" for n in report.rendered]
+    lines += [f"| {n} | already done |" for n in report.skipped]
+    lines += [f"| {n} | failed: {e} |" for n, e in report.failed.items()]
+    create_markdown_artifact(markdown="\n".join(lines), key="inbox-report", description="Last inbox run")
+    if report.failed:
+        raise RuntimeError(
+            f"{len(report.failed)} inbox job(s) failed: " + "; ".join(f"{n}: {e}" for n, e in report.failed.items())
+        )
+    return report
+
+
+def build_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT_INBOX_CRON,
+                      output_folder: Optional[str] = None) -> list:
+    """The two deployments, addressed by module path so a served runner can import them anywhere."""
+    from prefect.types.entrypoint import EntrypointType
+
+    inbox_params = {"inbox": str(Path(inbox).expanduser().absolute())}
+    if output_folder:
+        inbox_params["output_folder"] = str(Path(output_folder).expanduser().absolute())
+    return [
+        animate.to_deployment(
+            name="animate",
+            description="Render one AnimationJob: source picture + prompts/poses -> frames, GIF, MP4.",
+            tags=TAGS,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+        animate_inbox.to_deployment(
+            name="animate-inbox",
+            description="Render every job file in the inbox folder that has no finished output yet.",
+            tags=TAGS,
+            cron=cron or None,
+            parameters=inbox_params,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+    ]
+
+
+def serve_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT_INBOX_CRON,
+                      output_folder: Optional[str] = None, limit: Optional[int] = None) -> None:
+    """Register both deployments with the Prefect API and run their flow runs until interrupted."""
+    from prefect import serve
+
+    Path(inbox).expanduser().mkdir(parents=True, exist_ok=True)
+    serve(*build_deployments(inbox, cron, output_folder), limit=limit)

@@ -1,0 +1,101 @@
+"""The masactrl-animate CLI in-process (run / validate / schema / demo / submit errors) under the test harness."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from flows.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, main
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+WALK = Path(__file__).resolve().parent.parent / "examples" / "poses" / "walk"
+
+
+@pytest.fixture
+def job_file(tmp_path):
+    from skimage import data
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    Image.fromarray(data.chelsea()).resize((96, 64)).save(folder / "cat.png")
+    job = {
+        "source": {"image": "cat.png", "prompt": "a photo of a cat"},
+        "frames": {"prompts": ["a photo of a cat sitting", "a photo of a cat jumping"]},
+        "settings": {"width": 64, "height": 64, "steps": 3, "start_step": 1},
+        "output": {"folder": str(tmp_path / "out"), "fps": 8},
+    }
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def snapshot(folder: Path):
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_run_with_overrides_prints_the_result(job_file, tmp_path, capsys):
+    assert main(["run", str(job_file), "--set", "output.fps=4", "--set", "output.mp4=false", "--json"]) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["frame_count"] == 2 and result["mp4"] is None
+    with Image.open(result["gif"]) as gif:
+        assert gif.n_frames == 2 and gif.info["duration"] == 250  # 4 fps from --set
+    assert Path(result["job_dir"]).parent == tmp_path / "out"
+
+    assert main(["run", str(job_file), "--no-progress"]) == EXIT_OK  # human-readable summary, nothing re-rendered
+    out = capsys.readouterr().out
+    assert "GIF:" in out and "MP4:" in out and "0 rendered" in out
+
+
+@pytest.mark.parametrize("override,field", [
+    ("settings.width=100", "settings.width"),
+    ("output.folder=../elsewhere", "output.folder"),
+    ("source.image=missing.png", "source.image"),
+    ("output.fsp=3", "output.fsp"),
+])
+def test_invalid_job_exits_2_names_the_field_and_touches_nothing(job_file, tmp_path, capsys, override, field):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("do not touch")
+    before = snapshot(out)
+    assert main(["run", str(job_file), "--set", override]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "invalid job" in err and field in err
+    assert snapshot(out) == before
+
+
+def test_validate_and_schema(job_file, tmp_path, capsys, monkeypatch):
+    assert main(["validate", str(job_file)]) == EXIT_OK
+    assert "valid: 2 frames" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()  # validation writes nothing
+    poses = job_file.parent / "poses"
+    poses.mkdir()
+    for name in sorted(p.name for p in WALK.glob("*.json"))[:3]:
+        shutil.copy(WALK / name, poses / name)
+    monkeypatch.chdir(job_file.parent)  # --set paths are relative to the current folder
+    args = ["validate", str(job_file), "--set", "frames.poses={kind: openpose_json, path: poses}",
+            "--set", "model.controlnet=tiny"]
+    assert main(args) == EXIT_INVALID  # 2 prompts for 3 poses: needs the poses resolved, still no model
+    assert "frames.prompts: 2 prompts for 3 poses" in capsys.readouterr().err
+    assert main(["schema"]) == EXIT_OK
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "AnimationJob" and "RenderSettings" in schema["$defs"]
+
+
+def test_submit_without_a_deployment_fails_cleanly(job_file, capsys):
+    assert main(["submit", str(job_file), "--no-wait"]) == EXIT_FAILED
+    assert "could not submit" in capsys.readouterr().err
+
+
+def test_demo_prints_gif_and_mp4(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "64", "--steps", "3", "--no-progress"]) == EXIT_OK
+    out = capsys.readouterr().out
+    gifs = [line.split("GIF:")[1].strip() for line in out.splitlines() if "GIF:" in line]
+    mp4s = [line.split("MP4:")[1].strip() for line in out.splitlines() if "MP4:" in line]
+    assert len(gifs) == len(mp4s) == 2 and all(Path(p).is_file() for p in gifs + mp4s)
+    assert "astronaut-walk:" in out and "cat-prompts:" in out and "pose | frame:" in out
+    assert (tmp_path / "demo" / "inputs" / "astronaut.png").is_file()
+    with Image.open(gifs[0]) as walk:
+        assert walk.n_frames == len(list(WALK.glob("*.json")))

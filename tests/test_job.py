@@ -1,0 +1,305 @@
+"""The job model, job files / --set overrides and the job plan (hashes, poses, counts): no models loaded."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from pydantic import ValidationError
+
+from flows.job import AnimationJob, JobInputError, describe_validation_error
+from flows.jobfiles import JobFileError, load_job, load_job_data, parse_override, set_dotted
+from flows.plan import plan_job
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+WALK = EXAMPLES / "poses" / "walk"
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "src.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def base(image, tmp_path, **changes):
+    data = {
+        "source": {"image": str(image), "prompt": "a photo of a cat"},
+        "frames": {"prompts": ["a cat standing", "a cat jumping"]},
+        "settings": {"width": 64, "height": 64, "steps": 4, "start_step": 1},
+        "output": {"folder": str(tmp_path / "out")},
+    }
+    for dotted, value in changes.items():
+        set_dotted(data, dotted.split("."), value)
+    return data
+
+
+def test_defaults_and_single_prompt(image, tmp_path):
+    job = AnimationJob.model_validate(base(image, tmp_path, **{"frames.prompts": "a cat sitting"}))
+    assert job.frames.prompts == ["a cat sitting"]
+    assert job.model.model == "tiny" and job.model.controlnet is None
+    assert job.execution.runner == "threads" and job.execution.workers == 1
+    assert job.output.gif and job.output.mp4 and job.output.loop == 0
+    assert job.source.image.is_absolute()
+
+
+def test_broadcast_and_count_rules(image, tmp_path):
+    job = AnimationJob.model_validate(base(image, tmp_path, **{"frames.prompts": ["a cat walking"]}))
+    assert job.frames.prompts_for(3, "src") == ["a cat walking"] * 3
+    assert job.frames.prompts_for(None, "src") == ["a cat walking"]
+    two = AnimationJob.model_validate(base(image, tmp_path))
+    assert two.frames.prompts_for(2, "src") == ["a cat standing", "a cat jumping"]
+    with pytest.raises(JobInputError, match=r"frames\.prompts: 2 prompts for 3 poses"):
+        two.frames.prompts_for(3, "src")
+    none = AnimationJob.model_validate(base(image, tmp_path, **{
+        "frames.prompts": [], "frames.poses": {"kind": "openpose_json", "path": str(WALK)}, "model.controlnet": "tiny"}))
+    assert none.frames.prompts_for(2, "a photo of a cat") == ["a photo of a cat"] * 2
+
+
+def test_schema_has_descriptions_bounds_and_dropdowns():
+    schema = AnimationJob.model_json_schema()
+    defs = schema["$defs"]
+    width = defs["RenderSettings"]["properties"]["width"]
+    assert width["minimum"] == 64 and width["multipleOf"] == 8 and width["description"]
+    assert defs["ModelSpec"]["properties"]["dtype"]["enum"] == ["auto", "float32", "float16", "bfloat16"]
+    assert defs["ExecutionSpec"]["properties"]["runner"]["enum"] == ["threads", "dask"]
+    assert "discriminator" in json.dumps(defs["FramesSpec"]["properties"]["poses"])
+    for name in ("SourceSpec", "FramesSpec", "ModelSpec", "RenderSettings", "OutputSpec"):
+        for prop, spec in defs[name]["properties"].items():
+            assert spec.get("description"), f"{name}.{prop} has no description"
+
+
+def _not_an_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("hello")
+    return str(path)
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "file.txt"
+    path.write_text("x")
+    return str(path)
+
+
+INVALID = [
+    ("source.image", lambda t: {"source.image": str(t / "missing.png")}),
+    ("source.image", lambda t: {"source.image": _not_an_image(t)}),
+    ("source.prompt", lambda t: {"source.image": None, "source.prompt": ""}),
+    ("source.subject", lambda t: {"source.subject": "dog"}),
+    ("source.mask_threshold", lambda t: {"source.mask_threshold": 1.5}),
+    ("source.seed", lambda t: {"source.seed": -1}),
+    ("source.fit", lambda t: {"source.fit": "zoom"}),
+    ("frames.prompts", lambda t: {"frames.prompts": []}),
+    ("frames.poses", lambda t: {"frames.poses": {"kind": "openpose_json", "path": str(t / "nope")},
+                                "model.controlnet": "tiny"}),
+    ("frames.poses", lambda t: {"frames.poses": {"kind": "bvh", "path": str(WALK)}, "model.controlnet": "tiny"}),
+    ("model.controlnet", lambda t: {"frames.poses": {"kind": "openpose_json", "path": str(WALK)}}),
+    ("model.controlnet", lambda t: {"model.model": "owner/some-model", "model.controlnet": "tiny"}),
+    ("model.model", lambda t: {"model.model": str(t / "no-such-folder")}),
+    ("model.model", lambda t: {"model.model": "not a model id!"}),
+    ("model.model", lambda t: {"model.model": str(t)}),  # a folder, but no model_index.json
+    ("model.device", lambda t: {"model.device": "gpu"}),
+    ("model.dtype", lambda t: {"model.dtype": "float8"}),
+    ("settings.width", lambda t: {"settings.width": 100}),
+    ("settings.height", lambda t: {"settings.height": 32}),
+    ("settings.steps", lambda t: {"settings.steps": 0}),
+    ("settings.start_step", lambda t: {"settings.start_step": 4}),
+    ("settings.start_layer", lambda t: {"settings.start_layer": 16}),
+    ("settings.guidance_scale", lambda t: {"settings.guidance_scale": 0.5}),
+    ("settings.controlnet_scale", lambda t: {"settings.controlnet_scale": -1}),
+    ("settings.batch_size", lambda t: {"settings.batch_size": 0}),
+    ("output.folder", lambda t: {"output.folder": str(t / "out" / ".." / "elsewhere")}),
+    ("output.folder", lambda t: {"output.folder": "../escape"}),
+    ("output.folder", lambda t: {"output.folder": _a_file(t)}),
+    ("output.folder", lambda t: {"output.folder": "/"}),
+    ("output.fps", lambda t: {"output.fps": 0}),
+    ("output.fps", lambda t: {"output.fps": 500}),
+    ("output.loop", lambda t: {"output.loop": -1}),
+    ("output.chunk_size", lambda t: {"output.chunk_size": 0}),
+    ("output.fsp", lambda t: {"output.fsp": 12}),  # typo: unknown keys are errors
+    ("execution.runner", lambda t: {"execution.runner": "processes"}),
+    ("execution.workers", lambda t: {"execution.workers": 0}),
+]
+
+
+@pytest.mark.parametrize("field,changes", INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)])
+def test_invalid_field_is_named_and_nothing_written(image, tmp_path, field, changes):
+    data = base(image, tmp_path, **changes(tmp_path))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValidationError) as info:
+        AnimationJob.model_validate(data)
+    lines = describe_validation_error(info.value)
+    assert any(field in line for line in lines), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # e.g. no output folder created
+
+
+def test_subject_must_be_in_every_frame_prompt(image, tmp_path):
+    ok = AnimationJob.model_validate(base(image, tmp_path, **{"source.subject": "cat"}))
+    assert ok.source.subject == "cat"
+    with pytest.raises(ValidationError, match=r"frames\.prompts\[1\]"):
+        AnimationJob.model_validate(base(image, tmp_path, **{
+            "source.subject": "cat", "frames.prompts": ["a cat standing", "a dog jumping"]}))
+
+
+def test_synthesis_mode_needs_only_a_prompt(tmp_path):
+    job = AnimationJob.model_validate({"source": {"prompt": "a photo of a cat", "seed": 3},
+                                       "frames": {"prompts": ["a cat"]}, "output": {"folder": str(tmp_path)}})
+    assert job.source.image is None and job.source.seed == 3
+
+
+# ------------------------------------------------------------------ job files and --set
+
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_job_file_paths_are_relative_to_the_file_and_output_to_the_cwd(tmp_path, monkeypatch):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    Image.new("RGB", (64, 64)).save(jobs / "cat.png")
+    (jobs / "poses").mkdir()
+    for name in sorted(p.name for p in WALK.iterdir())[:2]:
+        (jobs / "poses" / name).write_bytes((WALK / name).read_bytes())
+    write_yaml(jobs / "job.yaml", {
+        "source": {"image": "cat.png", "prompt": "a photo of a cat"},
+        "frames": {"prompts": "a cat walking", "poses": {"kind": "openpose_json", "path": "poses"}},
+        "model": {"model": "tiny", "controlnet": "tiny"},
+        "output": {"folder": "results"},
+    })
+    monkeypatch.chdir(tmp_path)
+    job = load_job(jobs / "job.yaml")
+    assert job.source.image == jobs / "cat.png"
+    assert job.frames.poses.path == str(jobs / "poses")
+    assert job.output.folder == tmp_path / "results"
+    inbox_style = load_job(jobs / "job.yaml", output_base=jobs)
+    assert inbox_style.output.folder == jobs / "results"
+
+
+def test_set_overrides(image, tmp_path, monkeypatch):
+    path = write_yaml(tmp_path / "job.yaml", base(image, tmp_path))
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "other.png")
+    monkeypatch.chdir(tmp_path / "sub")
+    job = load_job(path, [
+        "output.fps=12", "settings.steps=6", "output.gif=false", "frames.prompts.1=a cat sleeping",
+        "source.image=other.png", "model.model=owner/name", "execution.runner=dask",
+        "output.folder=results",
+    ])
+    assert job.output.fps == 12 and job.settings.steps == 6 and job.output.gif is False
+    assert job.frames.prompts == ["a cat standing", "a cat sleeping"]
+    assert job.source.image == tmp_path / "sub" / "other.png"  # --set paths are relative to the cwd
+    assert job.model.model == "owner/name"  # hub ids are not paths
+    assert job.execution.runner == "dask"
+    assert job.output.folder == tmp_path / "sub" / "results"
+    listed = load_job(path, ['frames.prompts=[a cat, "a cat: jumping"]'])
+    assert listed.frames.prompts == ["a cat", "a cat: jumping"]
+    colon = load_job(path, ["frames.prompts.0=a cat: jumping"])
+    assert colon.frames.prompts[0] == "a cat: jumping"
+
+
+@pytest.mark.parametrize("text,message", [("output.fps", "key=value"), ("=3", "key=value"), ("a..b=1", "empty part")])
+def test_bad_override_syntax(text, message):
+    with pytest.raises(JobFileError, match=message):
+        parse_override(text)
+
+
+def test_override_errors_name_the_key(image, tmp_path):
+    path = write_yaml(tmp_path / "job.yaml", base(image, tmp_path))
+    with pytest.raises(JobFileError, match="settings.steps is a value"):
+        load_job_data(path, ["settings.steps.x=1"])
+    with pytest.raises(JobFileError, match="frames.prompts.7"):
+        load_job_data(path, ["frames.prompts.7=x"])
+    with pytest.raises(ValidationError, match="output.fps"):
+        load_job(path, ["output.fps=fast"])
+
+
+def test_job_file_errors(tmp_path):
+    with pytest.raises(JobFileError, match="not found"):
+        load_job(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(JobFileError, match="mapping"):
+        load_job(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("source: [\n")
+    with pytest.raises(JobFileError, match="YAML"):
+        load_job(tmp_path / "bad.yaml")
+
+
+def test_json_job_file_may_wrap_the_job(image, tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"job": base(image, tmp_path)}))
+    assert load_job(path).frames.prompts == ["a cat standing", "a cat jumping"]
+
+
+# ------------------------------------------------------------------ plan: hashes, poses, counts
+
+
+def test_job_hash_covers_what_determines_frames_only(image, tmp_path):
+    def digest(**changes):
+        return plan_job(AnimationJob.model_validate(base(image, tmp_path, **changes)), write=False).job_hash
+
+    h = digest()
+    assert h == digest()
+    for changes in ({"output.fps": 20}, {"output.chunk_size": 1}, {"output.gif": False},
+                    {"settings.batch_size": 1}, {"execution.workers": 2}, {"output.folder": str(tmp_path / "o2")}):
+        assert digest(**changes) == h, changes
+    for changes in ({"frames.prompts": ["a cat standing", "a cat sitting"]}, {"settings.steps": 5},
+                    {"settings.start_layer": 8}, {"settings.guidance_scale": 5.0}, {"source.prompt": "a cat"},
+                    {"settings.width": 72}, {"source.inversion_prompt": "x"}, {"source.fit": "stretch"}):
+        assert digest(**changes) != h, changes
+    other = tmp_path / "other.png"
+    Image.new("RGB", (80, 60), (1, 2, 3)).save(other)
+    assert digest(**{"source.image": str(other)}) != h
+
+
+def test_plan_layout_and_no_writes_when_asked(image, tmp_path):
+    job = AnimationJob.model_validate(base(image, tmp_path))
+    plan = plan_job(job, write=False)
+    assert Path(plan.job_dir) == tmp_path / "out" / plan.job_hash[:16]
+    assert not (tmp_path / "out").exists()
+    assert [f.prompt for f in plan.frames] == ["a cat standing", "a cat jumping"]
+    chunks = plan.chunks(chunk_size=1, batch_size=1, inversion_dir="inv")
+    assert [[f.index for f in c.frames] for c in chunks] == [[0], [1]]
+    assert plan.inversion.key and Path(plan.inversion.folder).parent == tmp_path / "out" / "inversions"
+
+
+def test_plan_with_poses_writes_pose_maps_and_checks_counts(image, tmp_path):
+    changes = {"frames.prompts": ["a cat walking"], "model.controlnet": "tiny",
+               "frames.poses": {"kind": "openpose_json", "path": str(WALK)}}
+    job = AnimationJob.model_validate(base(image, tmp_path, **changes))
+    plan = plan_job(job)
+    n = len(list(WALK.glob("*.json")))
+    assert len(plan.frames) == n and all(f.prompt == "a cat walking" for f in plan.frames)
+    for f in plan.frames:
+        with Image.open(f.pose) as pose:
+            assert pose.size == (64, 64)
+    assert (Path(plan.job_dir) / "job.json").is_file()
+    bad = AnimationJob.model_validate(base(image, tmp_path / "x", **{**changes, "frames.prompts": ["a", "b", "c"]}))
+    with pytest.raises(JobInputError, match=rf"frames\.prompts: 3 prompts for {n} poses"):
+        plan_job(bad)
+    assert not (tmp_path / "x" / "out").exists()
+
+
+def test_example_job_files_are_valid(tmp_path):
+    """Every job file in examples/jobs validates and plans (poses resolved) without loading a model."""
+    import importlib.util
+
+    examples = tmp_path / "examples"
+    shutil.copytree(EXAMPLES / "jobs", examples / "jobs", ignore=shutil.ignore_patterns("sources", "out"))
+    shutil.copytree(EXAMPLES / "poses", examples / "poses")
+    spec = importlib.util.spec_from_file_location("write_sources", EXAMPLES / "write_sources.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_sources(examples / "jobs" / "sources")
+    files = sorted((examples / "jobs").glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        job = load_job(path, output_base=tmp_path)
+        plan = plan_job(job, write=False)
+        assert plan.frames, path.name
+        if job.frames.poses is not None and job.frames.poses.kind == "keyframes":
+            assert len(plan.frames) == job.frames.poses.frames
