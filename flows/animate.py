@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from . import frames_io, progress, rendering
 from .job import AnimationJob
 from .plan import ChunkRequest, JobPlan
+from .runners import claim_gpu, make_task_runner, runner_settings_from_env, settings_for_execution
 from .tasks import invert_source, render_chunk, resolve_job, stitch
 
 UNET_COUNTS = (
@@ -58,22 +59,12 @@ class AnimationResult(BaseModel):
 
 
 def task_runner_for(job: AnimationJob) -> TaskRunner:
-    """The task runner of the job's render tasks; the single place where runners are chosen.
-
-    'threads': a bounded thread pool (one pipeline per process, an engine lock serialises GPU use).
-    'dask': ``prefect_dask.DaskTaskRunner``, on ``execution.dask_address`` or a local cluster of
-    ``execution.workers`` single-threaded processes (each loads its own pipeline).
-    """
+    """The task runner of the job's render tasks; the single place where runners are chosen
+    (``flows/runners.py``: a bounded thread pool, or Dask on a local cluster / a scheduler)."""
     ex = job.execution
-    if ex.runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=ex.workers)
-    if ex.runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if ex.dask_address:
-            return DaskTaskRunner(address=ex.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": ex.workers, "processes": True, "threads_per_worker": 1})
-    raise ValueError(f"execution.runner: unknown runner {ex.runner!r}; use 'threads' or 'dask'")
+    if ex.runner is None:  # left to the deployment: its environment, threads when unset
+        return make_task_runner(runner_settings_from_env())
+    return make_task_runner(settings_for_execution(ex.runner, ex.workers, ex.dask_address))
 
 
 def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:
@@ -89,7 +80,8 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
     done = sum(len(c.frames) - len(frames_io.missing_frames(c.job_dir, [f.index for f in c.frames], (c.width, c.height)))
                for c in chunks)
     logger.info("Rendering %d frames in %d chunk(s); %d already on disk", total, len(chunks), done)
-    futures = render_chunk.map(chunks)
+    with claim_gpu():  # under Dask: each chunk needs a worker's GPU resource, one at a time
+        futures = render_chunk.map(chunks)
     reports, failures = [], []
     with progress.frame_bar(total, initial=done) as bar:
         for future in as_completed(list(futures)):

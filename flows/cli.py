@@ -118,9 +118,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .concurrency import ensure_gpu_limit
     from .deployments import serve_deployments
 
     cron = None if args.no_schedule else args.cron
+    # Two jobs started at once must not overcommit a card: one slot per GPU of the pool.
+    name = ensure_gpu_limit(args.gpu_pool, args.gpus)
+    print(f"GPU concurrency limit {name!r}: {args.gpus} slot(s)")
     serve_deployments(args.inbox, cron=cron, output_folder=args.output_folder, limit=args.limit)
     return EXIT_OK
 
@@ -270,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-schedule", action="store_true", help="register animate-inbox without a schedule")
     p.add_argument("--output-folder", default=None, help="base for relative output folders of inbox jobs")
     p.add_argument("--limit", type=int, default=None, help="at most this many flow runs at once")
+    p.add_argument("--gpus", type=int, default=1, help="GPU chunks that may run at once in this pool (default 1)")
+    p.add_argument("--gpu-pool", default=None, help="GPU pool name; the limit is gpu-<pool> (default: "
+                   "$MASACTRL_GPU_POOL or 'local')")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("submit", help="trigger the animate deployment on a running server and wait")

@@ -277,13 +277,22 @@ class OutputSpec(_Model):
 class ExecutionSpec(_Model):
     """Where the render tasks run."""
 
-    runner: Literal["threads", "dask"] = Field(
-        "threads", description="'threads': a thread pool in the flow's process (one GPU); 'dask': Dask workers."
+    runner: Optional[Literal["threads", "dask"]] = Field(
+        None, description="'threads': a thread pool in the flow's process (one GPU); 'dask': Dask workers. "
+        "Empty: the deployment's default ($MASACTRL_RUNNER / $MASACTRL_DASK_ADDRESS), else threads."
     )
-    workers: int = Field(1, ge=1, le=64, description="Worker threads (threads) or worker processes (local Dask).")
+    workers: int = Field(1, ge=1, le=64, description="Worker threads (threads) or worker processes (local Dask); "
+                         "with an empty runner the deployment's settings apply instead.")
     dask_address: Optional[str] = Field(
         None, description="Address of a running Dask scheduler (runner 'dask'); empty = start a local cluster."
     )
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self):
+        if self.dask_address and self.runner != "dask":
+            raise ValueError("execution.dask_address only applies to runner 'dask'; set execution.runner: dask "
+                             "or remove execution.dask_address")
+        return self
 
 
 class AnimationJob(_Model):

@@ -6,14 +6,13 @@ tensors stay on disk.
 
 from __future__ import annotations
 
-import importlib.util
-from contextlib import nullcontext
 from typing import Any, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from . import rendering, stitch as stitch_lib
+from .concurrency import gpu_slot
 from .job import AnimationJob
 from .plan import ChunkRequest, InversionRequest, JobPlan, plan_job
 
@@ -27,16 +26,6 @@ def _inversion_cache_key(context: Any, parameters: dict[str, Any]) -> Optional[s
 # Keyed only on what the inversion depends on (image bytes, model, steps, size, prompt): not on
 # the run id (Prefect's default), so later runs and other jobs on the same source hit it.
 INVERSION_CACHE = CachePolicy.from_cache_key_fn(_inversion_cache_key)
-
-
-def gpu_slot():
-    """The one place render work takes a GPU slot. ``flows/concurrency.py`` (when present)
-    provides ``gpu_slot()``, e.g. a Prefect global concurrency limit; otherwise no limit."""
-    if importlib.util.find_spec("flows.concurrency") is None:
-        return nullcontext()
-    from . import concurrency  # type: ignore[attr-defined]
-
-    return concurrency.gpu_slot()
 
 
 def _logger():

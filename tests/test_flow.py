@@ -30,7 +30,9 @@ def cat_png(tmp_path_factory):
     from skimage import data
 
     path = tmp_path_factory.mktemp("src") / "cat.png"
-    Image.fromarray(data.chelsea()).resize((96, 64)).save(path)
+    # Mirrored: the inversion cache is keyed on image content and shared by the whole test
+    # session, and other modules use the plain cat; this module counts a cold first inversion.
+    Image.fromarray(data.chelsea()[:, ::-1]).resize((96, 64)).save(path)
     return path
 
 
@@ -348,11 +350,18 @@ def test_injected_failure_hook(tmp_path, fake_engine, monkeypatch):
     assert not frame_path(tmp_path, 0).exists()
 
 
-def test_task_runner_for_job(cat_png, tmp_path):
+def test_task_runner_for_job(cat_png, tmp_path, monkeypatch):
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    threads = task_runner_for(make_job(cat_png, tmp_path, execution={"workers": 3}))
+    threads = task_runner_for(make_job(cat_png, tmp_path, execution={"runner": "threads", "workers": 3}))
     assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
+    # No runner in the job: the deployment's environment decides (threads when it says nothing).
+    monkeypatch.delenv("MASACTRL_RUNNER", raising=False)
+    monkeypatch.delenv("MASACTRL_DASK_ADDRESS", raising=False)
+    assert isinstance(task_runner_for(make_job(cat_png, tmp_path)), ThreadPoolTaskRunner)
+    monkeypatch.setenv("MASACTRL_DASK_ADDRESS", "tcp://127.0.0.1:8786")
+    from_env = task_runner_for(make_job(cat_png, tmp_path))
+    assert isinstance(from_env, DaskTaskRunner) and from_env.address == "tcp://127.0.0.1:8786"
     dask = task_runner_for(make_job(cat_png, tmp_path, execution={"runner": "dask", "workers": 2}))
     assert isinstance(dask, DaskTaskRunner)

@@ -97,7 +97,8 @@ def test_server_serve_submit(tmp_path, tiny_checkpoint):
     serve = None
     try:
         wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 120, "the Prefect server", logs)
-        serve = start([str(BIN / "masactrl-animate"), "serve", "--inbox", str(inbox), "--no-schedule"], env, logs[1])
+        serve = start([str(BIN / "masactrl-animate"), "serve", "--inbox", str(inbox), "--no-schedule",
+                       "--gpus", "2"], env, logs[1])
 
         def deployments():
             found = httpx.post(f"{api}/deployments/filter", json={}, timeout=5).json()
@@ -109,6 +110,8 @@ def test_server_serve_submit(tmp_path, tiny_checkpoint):
         schema = animate_dep["parameter_openapi_schema"]
         assert schema["required"] == ["job"]
         assert "AnimationJob" in json.dumps(schema) and "RenderSettings" in json.dumps(schema)  # the UI form
+        limit = httpx.get(f"{api}/v2/concurrency_limits/gpu-local", timeout=5).json()  # made by `serve --gpus 2`
+        assert limit["limit"] == 2 and limit["active"] is True
 
         # submit and wait: progress lines on stderr, the result as JSON on stdout
         done = subprocess.run([str(BIN / "masactrl-animate"), "submit", str(jobs / "job.yaml"), "--json",

@@ -41,7 +41,7 @@ def test_defaults_and_single_prompt(image, tmp_path):
     job = AnimationJob.model_validate(base(image, tmp_path, **{"frames.prompts": "a cat sitting"}))
     assert job.frames.prompts == ["a cat sitting"]
     assert job.model.model == "tiny" and job.model.controlnet is None
-    assert job.execution.runner == "threads" and job.execution.workers == 1
+    assert job.execution.runner is None and job.execution.workers == 1  # None: the deployment decides
     assert job.output.gif and job.output.mp4 and job.output.loop == 0
     assert job.source.image.is_absolute()
 
@@ -65,7 +65,8 @@ def test_schema_has_descriptions_bounds_and_dropdowns():
     width = defs["RenderSettings"]["properties"]["width"]
     assert width["minimum"] == 64 and width["multipleOf"] == 8 and width["description"]
     assert defs["ModelSpec"]["properties"]["dtype"]["enum"] == ["auto", "float32", "float16", "bfloat16"]
-    assert defs["ExecutionSpec"]["properties"]["runner"]["enum"] == ["threads", "dask"]
+    runner = defs["ExecutionSpec"]["properties"]["runner"]  # a dropdown, or empty for the deployment default
+    assert {"enum": ["threads", "dask"], "type": "string"} in runner["anyOf"] and {"type": "null"} in runner["anyOf"]
     assert "discriminator" in json.dumps(defs["FramesSpec"]["properties"]["poses"])
     for name in ("SourceSpec", "FramesSpec", "ModelSpec", "RenderSettings", "OutputSpec"):
         for prop, spec in defs[name]["properties"].items():
@@ -122,6 +123,7 @@ INVALID = [
     ("output.fsp", lambda t: {"output.fsp": 12}),  # typo: unknown keys are errors
     ("execution.runner", lambda t: {"execution.runner": "processes"}),
     ("execution.workers", lambda t: {"execution.workers": 0}),
+    ("execution.dask_address", lambda t: {"execution.dask_address": "tcp://head:8786"}),  # runner is threads
 ]
 
 

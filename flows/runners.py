@@ -1,0 +1,383 @@
+"""Where frame tasks run: the task-runner choice of a job, and the GPU claim of GPU tasks.
+
+``threads`` (the default) renders every chunk in the flow's own process on one GPU.
+``dask`` spreads chunks over Dask worker processes: a local cluster (one worker per GPU with
+dask-cuda, N CPU worker processes otherwise) or an existing scheduler given by address.
+
+A GPU task claims the Dask resource ``GPU`` (one unit) when it is submitted inside
+:func:`claim_gpu`. Workers offer ``GPU=1`` (``dask worker --resources GPU=1``; the local clusters
+made here do it themselves), so a worker never runs two GPU chunks at once even when it has more
+threads for CPU work (pose loading, stitching), which submits without the claim.
+
+What a worker keeps between chunks (its pipeline, the source branch of the job it works on) is
+the per-process cache of ``flows/engines.py``; :func:`worker_identity` tells where a task ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+logger = logging.getLogger(__name__)
+
+GPU_RESOURCE = "GPU"
+"""Name of the Dask worker resource that GPU tasks claim (``--resources GPU=1``)."""
+
+DASK_CUDA_CLUSTER = "dask_cuda.LocalCUDACluster"
+DASK_LOCAL_CLUSTER = "distributed.LocalCluster"
+
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ucxx|ws|wss|inproc)://)?[^\s/:]+(?::\d{1,5})?/?$")
+
+
+class RunnerSettings(BaseModel):
+    """How the frame chunks of a job are executed."""
+
+    model_config = ConfigDict(extra="forbid", title="Task runner")
+
+    kind: Literal["threads", "dask"] = Field(
+        default="threads",
+        description=(
+            "'threads': one process and one GPU; frame chunks run in this process, in batches. "
+            "'dask': chunks are spread over Dask workers, one per GPU: a local cluster started "
+            "for the run, or the cluster at 'scheduler_address'."
+        ),
+    )
+    max_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "threads only: how many tasks may run at once in this process. Keep 1 for one GPU "
+            "(a diffusers pipeline is not thread-safe and chunks are already batched)."
+        ),
+    )
+    scheduler_address: str | None = Field(
+        default=None,
+        description=(
+            "dask only: address of a running Dask scheduler, e.g. 'tcp://dask-scheduler:8786'. "
+            "Its workers must be started with '--resources GPU=1' (one worker per GPU) and must "
+            "see the shared data folder at the same path. Leave empty to start a local cluster."
+        ),
+        examples=["tcp://dask-scheduler:8786"],
+    )
+    n_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description=(
+            "dask local cluster only: number of worker processes. Empty: one per visible GPU "
+            "with dask-cuda; without GPUs, min(4, CPU cores / threads_per_worker)."
+        ),
+    )
+    threads_per_worker: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "dask local cluster only: threads per worker process. GPU chunks still run one at a "
+            "time per worker (they claim the worker's single GPU resource); extra threads only "
+            "serve CPU tasks."
+        ),
+    )
+    gpu_resource: bool = Field(
+        default=True,
+        description=(
+            "dask only: GPU tasks claim the worker resource 'GPU' (1 unit), so a worker never "
+            "runs two frame chunks at once. Turn off only for clusters whose workers were "
+            "started without '--resources GPU=1'."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> RunnerSettings:
+        if self.kind == "threads":
+            dask_only = {
+                "scheduler_address": self.scheduler_address is not None,
+                "n_workers": self.n_workers is not None,
+                "threads_per_worker": self.threads_per_worker != 1,
+            }
+            given = [name for name, is_set in dask_only.items() if is_set]
+            if given:
+                raise ValueError(
+                    f"runner.{given[0]} only applies to kind='dask'; set runner.kind='dask' "
+                    f"or remove runner.{given[0]}"
+                )
+        else:
+            if self.max_workers != 1:
+                raise ValueError(
+                    "runner.max_workers only applies to kind='threads'; with kind='dask' use "
+                    "runner.n_workers (local cluster) or add workers to the scheduler"
+                )
+            if self.scheduler_address is not None:
+                address = self.scheduler_address.strip()
+                if not _ADDRESS.match(address):
+                    raise ValueError(
+                        f"runner.scheduler_address {self.scheduler_address!r} is not a Dask "
+                        "scheduler address; write it like 'tcp://host:8786'"
+                    )
+                self.scheduler_address = address
+                if self.n_workers is not None or self.threads_per_worker != 1:
+                    raise ValueError(
+                        "runner.n_workers and runner.threads_per_worker size a local cluster; "
+                        "remove them when runner.scheduler_address points at an existing one"
+                    )
+        return self
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices torch sees (0 without torch or without CUDA)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the project
+        return 0
+    try:
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # broken driver installs raise here; treat as no GPU
+        return 0
+
+
+def dask_cuda_available() -> bool:
+    try:
+        import dask_cuda  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def local_cluster_spec(
+    settings: RunnerSettings,
+    *,
+    gpu_count: int | None = None,
+    has_dask_cuda: bool | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The cluster class and keyword arguments of the local Dask cluster for ``settings``."""
+    gpus = cuda_device_count() if gpu_count is None else gpu_count
+    cuda_ok = dask_cuda_available() if has_dask_cuda is None else has_dask_cuda
+    resources = {GPU_RESOURCE: 1} if settings.gpu_resource else None
+
+    if gpus > 0 and cuda_ok:
+        kwargs: dict[str, Any] = {"threads_per_worker": settings.threads_per_worker}
+        if settings.n_workers is not None:
+            if settings.n_workers > gpus:
+                raise ValueError(
+                    f"runner.n_workers={settings.n_workers} but only {gpus} GPU(s) are visible; "
+                    "dask-cuda runs one worker per GPU, so lower runner.n_workers or leave it empty"
+                )
+            kwargs["n_workers"] = settings.n_workers
+        if resources:
+            kwargs["resources"] = resources
+        return DASK_CUDA_CLUSTER, kwargs
+
+    if gpus > 0:
+        logger.warning(
+            "%d GPU(s) visible but dask-cuda is not installed: the local Dask cluster cannot pin "
+            "one worker per GPU, so it starts one worker (GPU 0). Install 'masactrl-animate[cuda]'.",
+            gpus,
+        )
+        n_workers = 1
+    elif settings.n_workers is not None:
+        n_workers = settings.n_workers
+    else:
+        n_workers = max(1, min(4, (os.cpu_count() or 1) // settings.threads_per_worker))
+
+    kwargs = {
+        "n_workers": n_workers,
+        "processes": True,
+        "threads_per_worker": settings.threads_per_worker,
+    }
+    if resources:
+        kwargs["resources"] = resources
+    return DASK_LOCAL_CLUSTER, kwargs
+
+
+ENV_VARS = {
+    "kind": "MASACTRL_RUNNER",
+    "max_workers": "MASACTRL_THREADS_MAX_WORKERS",
+    "scheduler_address": "MASACTRL_DASK_ADDRESS",
+    "n_workers": "MASACTRL_DASK_WORKERS",
+    "threads_per_worker": "MASACTRL_DASK_THREADS_PER_WORKER",
+    "gpu_resource": "MASACTRL_DASK_GPU_RESOURCE",
+}
+"""Environment variables that set the runner of jobs that leave it empty (the deployment's
+default): a work pool's ``env`` job variable or a container's environment sets them."""
+
+
+def runner_settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSettings:
+    """The runner a deployment's environment asks for (threads when nothing is set).
+
+    ``MASACTRL_RUNNER`` (threads|dask) picks the kind; ``MASACTRL_DASK_ADDRESS`` alone implies
+    dask. Errors name the variable to fix.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field, var in ENV_VARS.items():
+        raw = environ.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        values[field] = raw.strip()
+    if "kind" not in values and "scheduler_address" in values:
+        values["kind"] = "dask"
+    try:
+        return RunnerSettings.model_validate(values)
+    except ValueError as exc:
+        names = ", ".join(f"{ENV_VARS[f]}={values[f]!r}" for f in values)
+        raise ValueError(f"invalid runner settings from the environment ({names}): {exc}") from None
+
+
+def settings_for_execution(runner: str, workers: int = 1, dask_address: str | None = None) -> RunnerSettings:
+    """RunnerSettings from the job model's ``execution`` fields (runner, workers, dask_address).
+
+    ``workers`` is the thread count under threads and the local cluster's process count under
+    dask; with ``dask_address`` the cluster exists already and ``workers`` is not used.
+    """
+    if runner == "threads":
+        if dask_address:
+            raise ValueError("execution.dask_address only applies to runner 'dask'; set execution.runner='dask' "
+                             "or remove execution.dask_address")
+        return RunnerSettings(kind="threads", max_workers=workers)
+    if runner == "dask":
+        if dask_address:
+            return RunnerSettings(kind="dask", scheduler_address=dask_address)
+        return RunnerSettings(kind="dask", n_workers=workers)
+    raise ValueError(f"execution.runner: unknown runner {runner!r}; use 'threads' or 'dask'")
+
+
+def resolve_runner(settings: RunnerSettings | None) -> RunnerSettings:
+    """The job's own runner settings, or the deployment's (environment) when it gives none."""
+    return settings if settings is not None else runner_settings_from_env()
+
+
+def make_task_runner(settings: RunnerSettings | None = None):
+    """Build the Prefect task runner that ``settings`` describe.
+
+    ``None`` means the deployment default from the environment (see :data:`ENV_VARS`), which is
+    threads with one worker when nothing is set.
+    """
+    settings = resolve_runner(settings)
+    if settings.kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=settings.max_workers)
+
+    from prefect_dask import DaskTaskRunner
+
+    if settings.scheduler_address:
+        return DaskTaskRunner(address=settings.scheduler_address)
+    cluster_class, cluster_kwargs = local_cluster_spec(settings)
+    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs)
+
+
+def warn_without_api_server() -> bool:
+    """Log a warning (and return True) when no PREFECT_API_URL is configured.
+
+    Dask worker processes report their task runs to the Prefect API. Without PREFECT_API_URL
+    the flow runs against a temporary server and every worker process starts its own (checked
+    with prefect 3.9.1 / prefect-dask 0.3.7): the run works, its task runs are scattered.
+    """
+    try:
+        from prefect.settings import PREFECT_API_URL
+
+        configured = PREFECT_API_URL.value()
+    except Exception:  # pragma: no cover
+        return False
+    if configured:
+        return False
+    logger.warning(
+        "Dask task runner without PREFECT_API_URL: each Dask worker process will start its "
+        "own temporary Prefect server. Point PREFECT_API_URL at a Prefect server."
+    )
+    return True
+
+
+# --- claiming the GPU resource ------------------------------------------------------------
+
+_checked_clients: weakref.WeakSet = weakref.WeakSet()  # clients whose cluster offered GPU
+_checked_lock = threading.Lock()
+
+
+def _current_task_runner():
+    try:
+        from prefect.context import FlowRunContext
+    except ImportError:  # pragma: no cover
+        return None
+    ctx = FlowRunContext.get()
+    return ctx.task_runner if ctx is not None else None
+
+
+def gpu_worker_resources(client: Any) -> dict[str, float]:
+    """GPU units each worker of a Dask ``client``'s cluster offers, keyed by worker address."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return {
+        address: float((info.get("resources") or {}).get(GPU_RESOURCE, 0))
+        for address, info in workers.items()
+    }
+
+
+def wait_for_gpu_workers(client: Any, timeout: float = 30.0, amount: float = 1.0) -> dict[str, float]:
+    """Wait until a worker offers ``amount`` GPU units; raise a clear error after ``timeout`` s.
+
+    Without this, tasks that claim ``GPU`` on a cluster whose workers offer none would wait
+    forever in the scheduler's queue.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        offers = gpu_worker_resources(client)
+        if any(units >= amount for units in offers.values()):
+            return offers
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"No Dask worker offers the '{GPU_RESOURCE}' resource ({len(offers)} worker(s) "
+                f"connected): start GPU workers with 'dask worker <scheduler> --resources "
+                f"{GPU_RESOURCE}=1 --nthreads 1', or set runner.gpu_resource=false"
+            )
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def claim_gpu(enabled: bool = True, *, amount: float = 1.0, check_timeout: float = 30.0) -> Iterator[None]:
+    """Tasks submitted (``.submit``/``.map``) inside this block claim ``amount`` of ``GPU``.
+
+    With prefect-dask, ``DaskTaskRunner.submit`` hands the task to ``Client.submit`` in the
+    calling thread, and ``Client`` merges the current ``dask.annotate`` annotations into the
+    graph it sends, so the claim reaches the scheduler as a resource restriction. Under any other
+    task runner (threads) the block is a no-op. On first use with a given Dask client it checks
+    that some worker offers the resource, instead of letting tasks queue forever.
+    """
+    runner = _current_task_runner() if enabled else None
+    if runner is None or type(runner).__name__ != "DaskTaskRunner":
+        yield
+        return
+
+    import dask
+
+    client = runner.client
+    with _checked_lock:
+        needs_check = client not in _checked_clients
+    if needs_check:
+        warn_without_api_server()
+        wait_for_gpu_workers(client, timeout=check_timeout, amount=amount)
+        with _checked_lock:
+            _checked_clients.add(client)
+    with dask.annotate(resources={GPU_RESOURCE: amount}):
+        yield
+
+
+def worker_identity() -> dict[str, Any]:
+    """Where this code runs: pid, and the Dask worker address when inside a Dask worker."""
+    identity: dict[str, Any] = {"pid": os.getpid(), "worker": None}
+    try:
+        from distributed import get_worker
+
+        identity["worker"] = get_worker().address
+    except Exception:
+        pass
+    return identity
