@@ -89,6 +89,8 @@ class SequenceEngine:
                 f"transformer blocks (0..{self.num_blocks - 1}); the published default is 10"
             )
         self.ddim = DDIM.from_config(pipe.scheduler.config, self.config.num_steps)
+        # On the device once: a Python int timestep would be copied host-to-device at every call.
+        self._timesteps = torch.tensor(self.ddim.timesteps, device=self.device)
         self.progress = progress
         self.stats = EngineStats()
         self._embeddings: dict[str, torch.Tensor] = {}
@@ -111,7 +113,7 @@ class SequenceEngine:
         self.stats.count(purpose, x.shape[0])
         down, mid = residuals if residuals is not None else (None, None)
         return self.unet(
-            x, self.ddim.timesteps[step], encoder_hidden_states=embeddings,
+            x, self._timesteps[step], encoder_hidden_states=embeddings,
             cross_attention_kwargs={"masactrl": ctx} if ctx is not None else None,
             down_block_additional_residuals=down, mid_block_additional_residual=mid,
         ).sample
@@ -151,7 +153,7 @@ class SequenceEngine:
         with self._bar(self.ddim.num_steps, "DDIM inversion") as bar:
             for k in range(self.ddim.num_steps):
                 self.stats.count("inversion", 1)
-                t = self.ddim.inversion_timestep(k)
+                t = self._timesteps[self.ddim.num_steps - 1 - k]  # ddim.inversion_timestep(k)
                 noise = self.unet(z, t, encoder_hidden_states=embedding).sample
                 z = self.ddim.invert(noise, k, z)
                 trajectory.append(z)
@@ -291,7 +293,7 @@ class SequenceEngine:
             return None
         self.stats.count("controlnet", x.shape[0])
         down, mid = self.controlnet(
-            x, self.ddim.timesteps[step], encoder_hidden_states=embeddings,
+            x, self._timesteps[step], encoder_hidden_states=embeddings,
             controlnet_cond=poses, conditioning_scale=1.0, return_dict=False,
         )
         # Per-row weights: the scale for frames with a pose, 0 for frames without one.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -109,16 +109,21 @@ class MaskGuide:
     source_maps: dict[int, list[tuple[int, torch.Tensor]]] | None = None
     source_explicit: torch.Tensor | None = None
     counts: torch.Tensor | None = None  # (frames, len(REASONS))
+    _source_cache: dict = field(default_factory=dict)  # (step, block, grid) -> source mask
 
     def _count(self, reasons: torch.Tensor) -> None:
         self.counts = reasons.long() if self.counts is None else self.counts + reasons.long()
 
     def _source_mask(self, ctx: CallContext, block: int, grid) -> torch.Tensor | None:
-        if self.source_explicit is not None:
-            return explicit_mask(self.source_explicit, grid)
-        masks = auto_masks(self.source_maps.get(ctx.step, []), [self.source_tokens], block,
-                           self.shapes[MASK_LEVEL], grid, self.threshold)
-        return None if masks is None else masks[0]
+        key = (ctx.step, block, grid)
+        if key not in self._source_cache:
+            if self.source_explicit is not None:
+                self._source_cache[key] = explicit_mask(self.source_explicit, grid)
+            else:
+                masks = auto_masks(self.source_maps.get(ctx.step, []), [self.source_tokens], block,
+                                   self.shapes[MASK_LEVEL], grid, self.threshold)
+                self._source_cache[key] = None if masks is None else masks[0]
+        return self._source_cache[key]
 
     def _frame_masks(self, ctx: CallContext, block: int, grid) -> torch.Tensor | None:
         auto_rows = [i for i, explicit in enumerate(self.frame_explicit) if explicit is None]
