@@ -39,6 +39,9 @@ class Server:
         self.auth = f"operator:{secrets.token_urlsafe(16)}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         base.update(DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1")
+        # The entrypoint script calls `prefect` and `masactrl-animate` by name, as in the image:
+        # put this interpreter's bin folder first, whether or not the venv is activated.
+        base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
         self.server_env = {
             **base,
             "PREFECT_HOME": str(tmp / "server-home"),
