@@ -186,13 +186,10 @@ def test_wait_for_gpu_workers_reports_missing_resource_instead_of_hanging():
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_api(prefect_harness):
+    """The session's temporary Prefect API (tests/conftest.py): one server start for the suite.
+    The limits made here are named after their test, never the flows' `gpu-local`."""
+    yield
 
 
 @task

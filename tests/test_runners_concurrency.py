@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -12,13 +11,10 @@ from flows.concurrency import ensure_gpu_limit, gpu_limit_name, gpu_slot, read_g
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_api(prefect_harness):
+    """The session's temporary Prefect API (tests/conftest.py): one server start for the suite.
+    The limits made here are named after their test, never the flows' `gpu-local`."""
+    yield
 
 
 def test_limit_name_is_gpu_dash_pool():
