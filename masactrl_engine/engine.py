@@ -8,7 +8,7 @@ branch's keys/values -> decode.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -71,7 +71,6 @@ class SourceBranch:
     maps: dict[int, list[tuple[int, torch.Tensor]]]
     latents: torch.Tensor
     tokens: list[int] | None = None
-    calls: int = field(default=0)
 
 
 class SequenceEngine:
@@ -91,6 +90,7 @@ class SequenceEngine:
         self.ddim = DDIM.from_config(pipe.scheduler.config, self.config.num_steps)
         # On the device once: a Python int timestep would be copied host-to-device at every call.
         self._timesteps = torch.tensor(self.ddim.timesteps, device=self.device)
+        self._inversion_timesteps = self._timesteps.flip(0)  # ddim.inversion_timestep(k), on the device
         self.progress = progress
         self.stats = EngineStats()
         self._embeddings: dict[str, torch.Tensor] = {}
@@ -153,8 +153,7 @@ class SequenceEngine:
         with self._bar(self.ddim.num_steps, "DDIM inversion") as bar:
             for k in range(self.ddim.num_steps):
                 self.stats.count("inversion", 1)
-                t = self._timesteps[self.ddim.num_steps - 1 - k]  # ddim.inversion_timestep(k)
-                noise = self.unet(z, t, encoder_hidden_states=embedding).sample
+                noise = self.unet(z, self._inversion_timesteps[k], encoder_hidden_states=embedding).sample
                 z = self.ddim.invert(noise, k, z)
                 trajectory.append(z)
                 bar.update()
@@ -225,7 +224,7 @@ class SequenceEngine:
             latents = trajectory.flip(0)[1:]
         else:
             latents = torch.cat(latents)
-        self._source = SourceBranch(key, kv, maps, latents, tokens, calls=len(steps))
+        self._source = SourceBranch(key, kv, maps, latents, tokens)
         return self._source
 
     # ---------------------------------------------------------------- frames
@@ -368,13 +367,10 @@ class SequenceEngine:
         with installed(self.unet, processors):
             for i in range(cfg.num_steps):
                 ctx = CallContext(step=i) if i >= cfg.start_step else None
-                x = torch.cat([z, z])
                 residuals = None
                 if batch_poses is not None:
-                    residuals = self._controlnet_residuals(x, i, embeddings, *batch_poses)
-                noise = self._unet("frame", x, i, embeddings, ctx, residuals)
-                uncond, cond = noise.chunk(2)
-                z = self.ddim.denoise(uncond + cfg.guidance_scale * (cond - uncond), i, z)
+                    residuals = self._controlnet_residuals(torch.cat([z, z]), i, embeddings, *batch_poses)
+                z = self.ddim.denoise(self._guided("frame", z, i, embeddings, ctx, residuals), i, z)
                 if callback is not None:
                     callback(i, indices, z)
                 bar.update()
