@@ -50,7 +50,7 @@ SD15_TEXT = dict(
 
 
 def tiny_checkpoint(cache: Path = DEFAULT_CACHE) -> Path:
-    from masactrl_engine import make_tiny_checkpoint
+    from masactrl_engine.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(Path(cache) / "tiny")
 
@@ -61,7 +61,7 @@ def sd15_checkpoint(cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from masactrl_engine.tiny import SD15_SCHEDULER
-    from masactrl_engine.tokenizer_files import BOS, EOS, write_tokenizer_files
+    from masactrl_engine.tiny.tokenizer_files import BOS, EOS, write_tokenizer_files
 
     path = Path(cache) / "sd15-random"
     marker = {"seed": seed, "format": SD15_FORMAT}

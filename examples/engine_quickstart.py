@@ -12,7 +12,8 @@ from pathlib import Path
 from PIL import Image
 from skimage.data import chelsea
 
-from masactrl_engine import ControlConfig, FrameSpec, MaskConfig, SequenceEngine, load_pipeline, make_tiny_checkpoint
+from masactrl_engine import ControlConfig, FrameSpec, MaskConfig, SequenceEngine, load_pipeline
+from masactrl_engine.tiny import make_tiny_checkpoint
 
 
 def main() -> None:

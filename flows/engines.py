@@ -106,7 +106,7 @@ def tiny_checkpoint_dir() -> Path:
 
 def ensure_tiny_checkpoint() -> Path:
     """Write the tiny checkpoint once; a file lock keeps parallel worker processes from racing."""
-    from masactrl_engine import make_tiny_checkpoint
+    from masactrl_engine.tiny import make_tiny_checkpoint
 
     path = tiny_checkpoint_dir()
     path.parent.mkdir(parents=True, exist_ok=True)

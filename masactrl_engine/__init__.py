@@ -8,7 +8,6 @@ from .engine import EngineStats, SequenceEngine, SourceBranch
 from .errors import EngineInputError
 from .inversion import InvertedSource
 from .loading import load_pipeline
-from .tiny import make_tiny_checkpoint
 
 __all__ = [
     "ControlConfig",
@@ -20,5 +19,4 @@ __all__ = [
     "SequenceEngine",
     "SourceBranch",
     "load_pipeline",
-    "make_tiny_checkpoint",
 ]

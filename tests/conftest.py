@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Path of the tiny SD 1.x checkpoint (its OpenPose ControlNet in ``/controlnet``)."""
-    from masactrl_engine import make_tiny_checkpoint
+    from masactrl_engine.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny")
 

@@ -14,8 +14,8 @@ from masactrl_engine import (
     MaskConfig,
     SequenceEngine,
     load_pipeline,
-    make_tiny_checkpoint,
 )
+from masactrl_engine.tiny import make_tiny_checkpoint
 
 
 def engine(pipe, **settings):

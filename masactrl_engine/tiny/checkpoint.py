@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import EngineInputError
+from ..errors import EngineInputError
 from .tokenizer_files import BOS, EOS, write_tokenizer_files
 
 MARKER = "tiny_checkpoint.json"
