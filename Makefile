@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	# Two wheels install the same cv2 folder (see pyproject.toml): whichever pip put last would win.
+	# Put the headless one last, always; --no-deps keeps everything else as resolved.
+	$(VENV)/bin/pip install --quiet --force-reinstall --no-deps \
+		opencv-python-headless==$$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))')
 	touch $(STAMP)
 
 setup: $(STAMP)
