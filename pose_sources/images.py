@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import PoseSourceError
 from .paths import IMAGE_EXTENSIONS, files_with_suffix, glob_files, is_glob
-from .pose import Fit, Size, _as_size
+from .keypoints import Fit, Size, _as_size
 
 ImageSource = str | Path | Image.Image
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import PoseSourceError
 from .paths import files_with_suffix
-from .pose import FACE_POINTS, HAND_POINTS, Fit, Person, Pose, PoseSequence, Size, _as_size
+from .keypoints import FACE_POINTS, HAND_POINTS, Fit, Person, Size, _as_size
+from .pose import Pose, PoseSequence, pose_to_dict, write_pose  # noqa: F401  (the writers are part of this API)
 
 Coordinates = Literal["auto", "pixel", "normalized"]
 
@@ -198,41 +199,6 @@ def read_openpose_folder(
     seq = PoseSequence([p.fit_to(target, fit) for p in poses], target)
     seq.metadata["files"] = [str(f) for f in files]
     return seq
-
-
-def _flat(arr: np.ndarray | None) -> list[float]:
-    return [] if arr is None else [float(v) for v in arr.reshape(-1)]
-
-
-def pose_to_dict(pose: Pose) -> dict:
-    """OpenPose JSON document: COCO-18 pixel coordinates plus the canvas size."""
-    return {
-        "version": 1.3,
-        "people": [
-            {
-                "person_id": [-1],
-                "pose_keypoints_2d": _flat(p.body),
-                "face_keypoints_2d": _flat(p.face),
-                "hand_left_keypoints_2d": _flat(p.left_hand),
-                "hand_right_keypoints_2d": _flat(p.right_hand),
-            }
-            for p in pose.people
-        ],
-        "canvas_width": pose.canvas[0],
-        "canvas_height": pose.canvas[1],
-    }
-
-
-def write_pose(pose: Pose, path: str | Path | None = None) -> str:
-    # json writes floats with repr, which reads back to the same double: the round trip is exact.
-    text = json.dumps(pose_to_dict(pose), allow_nan=False)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)  # atomic: a crash never leaves half a file behind
-    return text
 
 
 __all__ = [

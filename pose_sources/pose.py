@@ -1,117 +1,35 @@
-"""The pose data types: `Person`, `Pose` (one frame) and `PoseSequence` (many frames).
+"""The pose containers: `Pose` (one frame) and `PoseSequence` (many frames), and their JSON form.
 
-Coordinates are pixels of the pose's own canvas (width, height); a point with confidence 0
-is missing and is stored as (0, 0, 0) so that equality and JSON round trips are exact.
-Body points follow the COCO-18 order that ControlNet OpenPose was trained on.
+Coordinates are pixels of the pose's own canvas (width, height). The point layouts, sizes and
+`Person` live one level down in `keypoints`, drawing in `render`; the readers (OpenPose JSON,
+video, keyframes) build on this module, never the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
 from .errors import PoseSourceError
+from .keypoints import (  # noqa: F401  (re-exported: the names users know from pose_sources.pose)
+    BODY_POINTS,
+    COCO18_NAMES,
+    FACE_POINTS,
+    HAND_POINTS,
+    Fit,
+    Person,
+    Size,
+    _as_size,
+)
+from .render import render_pose
 
 if TYPE_CHECKING:
     from PIL import Image
-
-COCO18_NAMES: tuple[str, ...] = (
-    "nose", "neck",
-    "r_shoulder", "r_elbow", "r_wrist",
-    "l_shoulder", "l_elbow", "l_wrist",
-    "r_hip", "r_knee", "r_ankle",
-    "l_hip", "l_knee", "l_ankle",
-    "r_eye", "l_eye", "r_ear", "l_ear",
-)  # fmt: skip
-BODY_POINTS = 18
-HAND_POINTS = 21
-FACE_POINTS = 70
-
-Size = tuple[int, int]  # (width, height), PIL's order
-Fit = Literal["stretch", "letterbox"]
-
-
-def _as_points(values: object, count: int, what: str) -> np.ndarray:
-    arr = np.array(values, dtype=np.float64)
-    if arr.shape == (count * 3,):
-        arr = arr.reshape(count, 3)
-    if arr.shape != (count, 3):
-        raise PoseSourceError(f"{what}: expected {count} points of (x, y, confidence), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise PoseSourceError(f"{what}: contains NaN or infinite values")
-    # A missing point carries no position; zeroing it keeps equality and JSON output exact.
-    arr[arr[:, 2] <= 0] = 0.0
-    arr.setflags(write=False)
-    return arr
-
-
-def _as_size(size: Iterable[int], what: str = "size") -> Size:
-    try:
-        w, h = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise PoseSourceError(f"{what} must be (width, height), got {size!r}") from None
-    if w <= 0 or h <= 0:
-        raise PoseSourceError(f"{what} must be positive (width, height), got {(w, h)}")
-    return w, h
-
-
-def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return np.array_equal(a, b)
-
-
-@dataclass(frozen=True, eq=False)
-class Person:
-    """One person: 18 body points, optional 21-point hands and 70-point face, each (x, y, c)."""
-
-    body: np.ndarray
-    left_hand: np.ndarray | None = None
-    right_hand: np.ndarray | None = None
-    face: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "body", _as_points(self.body, BODY_POINTS, "body"))
-        for name, count in (("left_hand", HAND_POINTS), ("right_hand", HAND_POINTS), ("face", FACE_POINTS)):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, _as_points(value, count, name))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Person):
-            return NotImplemented
-        return all(_same(getattr(self, n), getattr(other, n)) for n in ("body", "left_hand", "right_hand", "face"))
-
-    __hash__ = None  # type: ignore[assignment]  # mutable-looking arrays: not hashable
-
-    def parts(self) -> Iterator[np.ndarray]:
-        """Every point array this person has (body first)."""
-        for arr in (self.body, self.left_hand, self.right_hand, self.face):
-            if arr is not None:
-                yield arr
-
-    def visible_points(self, body_only: bool = False) -> np.ndarray:
-        """(N, 2) pixel positions of all points with confidence > 0."""
-        arrays = [self.body] if body_only else list(self.parts())
-        pts = np.concatenate(arrays)
-        return pts[pts[:, 2] > 0, :2]
-
-    def map_points(self, fn) -> Person:
-        """A copy with `fn(xy) -> xy` applied to the visible points of every part."""
-
-        def apply(arr: np.ndarray | None) -> np.ndarray | None:
-            if arr is None:
-                return None
-            out = arr.copy()
-            vis = out[:, 2] > 0
-            out[vis, :2] = fn(out[vis, :2])
-            return out
-
-        return Person(apply(self.body), apply(self.left_hand), apply(self.right_hand), apply(self.face))
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,8 +63,6 @@ class Pose:
         Coordinates are taken relative to the canvas, so a size with another aspect ratio
         stretches; use `fit_to(size, "letterbox")` first to keep proportions.
         """
-        from .render import render_pose
-
         return render_pose(self, size or self.canvas, hands=hands, face=face)
 
     def fit_to(self, size: Size, fit: Fit = "letterbox") -> Pose:
@@ -167,14 +83,10 @@ class Pose:
         return Pose(tuple(p.map_points(lambda xy: xy * scale + offset) for p in self.people), size)
 
     def to_dict(self) -> dict:
-        from .openpose_json import pose_to_dict
-
         return pose_to_dict(self)
 
     def to_json(self, path: str | Path | None = None) -> str:
         """OpenPose JSON text (pixel coordinates + canvas size); also written to `path` if given."""
-        from .openpose_json import write_pose
-
         return write_pose(self, path)
 
 
@@ -250,3 +162,38 @@ class PoseSequence:
 def single_person(body: Sequence[Sequence[float]] | np.ndarray, canvas: Size, **parts) -> Pose:
     """Convenience: a one-person Pose from an (18, 3) body array (plus optional hands/face)."""
     return Pose((Person(np.asarray(body, dtype=np.float64), **parts),), canvas)
+
+
+def _flat(arr: np.ndarray | None) -> list[float]:
+    return [] if arr is None else [float(v) for v in arr.reshape(-1)]
+
+
+def pose_to_dict(pose: Pose) -> dict:
+    """OpenPose JSON document: COCO-18 pixel coordinates plus the canvas size."""
+    return {
+        "version": 1.3,
+        "people": [
+            {
+                "person_id": [-1],
+                "pose_keypoints_2d": _flat(p.body),
+                "face_keypoints_2d": _flat(p.face),
+                "hand_left_keypoints_2d": _flat(p.left_hand),
+                "hand_right_keypoints_2d": _flat(p.right_hand),
+            }
+            for p in pose.people
+        ],
+        "canvas_width": pose.canvas[0],
+        "canvas_height": pose.canvas[1],
+    }
+
+
+def write_pose(pose: Pose, path: str | Path | None = None) -> str:
+    # json writes floats with repr, which reads back to the same double: the round trip is exact.
+    text = json.dumps(pose_to_dict(pose), allow_nan=False)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(path)  # atomic: a crash never leaves half a file behind
+    return text

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .aux_import import import_quietly
-from .pose import Pose, Size, _as_size
+from .keypoints import PoseLike, Size, _as_size
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,7 +44,7 @@ def draw_handpose(canvas: np.ndarray, keypoints: list | None) -> np.ndarray:
     return _util().draw_handpose(canvas, keypoints)
 
 
-def draw_pose_array(pose: Pose, size: Size, *, hands: bool = True, face: bool = True) -> np.ndarray:
+def draw_pose_array(pose: PoseLike, size: Size, *, hands: bool = True, face: bool = True) -> np.ndarray:
     """HxWx3 uint8 map, drawn like controlnet_aux's draw_poses (per person: body, hands, face)."""
     util = _util()
     W, H = _as_size(size)
@@ -59,7 +59,7 @@ def draw_pose_array(pose: Pose, size: Size, *, hands: bool = True, face: bool = 
     return canvas
 
 
-def render_pose(pose: Pose, size: Size, *, hands: bool = True, face: bool = True) -> Image.Image:
+def render_pose(pose: PoseLike, size: Size, *, hands: bool = True, face: bool = True) -> Image.Image:
     from PIL import Image
 
     return Image.fromarray(draw_pose_array(pose, size, hands=hands, face=face))
