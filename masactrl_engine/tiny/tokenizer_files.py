@@ -82,8 +82,11 @@ def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def write_tokenizer_files(folder: Path) -> dict[str, int]:
-    """Write vocab.json, merges.txt and the tokenizer config; return the vocabulary."""
+def write_tokenizer_files(folder: Path, pad_token: str = EOS) -> dict[str, int]:
+    """Write vocab.json, merges.txt and the tokenizer config; return the vocabulary.
+
+    ``pad_token``: SD 1.x pads with the end token; SD 2.x and SDXL's second tokenizer pad with "!".
+    """
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0), encoding="utf-8")
@@ -95,7 +98,7 @@ def write_tokenizer_files(folder: Path) -> dict[str, int]:
         "bos_token": BOS,
         "eos_token": EOS,
         "unk_token": EOS,
-        "pad_token": EOS,
+        "pad_token": pad_token,
         "do_lower_case": True,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
