@@ -64,8 +64,13 @@ def cmd_run(args) -> int:
         return job
     from .animate import animate
     from .job import JobInputError
+    from .plan import plan_job
     from .progress import enable_terminal_progress
 
+    try:  # everything that can be checked without Prefect or a model, in seconds, before starting either
+        plan_job(job, write=False)
+    except JobInputError as exc:
+        return _print_invalid(args.job, exc)
     enable_terminal_progress(not args.no_progress)
     state = animate(job, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -122,10 +127,51 @@ def cmd_serve(args) -> int:
     from .deployments import serve_deployments
 
     cron = None if args.no_schedule else args.cron
-    # Two jobs started at once must not overcommit a card: one slot per GPU of the pool.
-    name = ensure_gpu_limit(args.gpu_pool, args.gpus)
-    print(f"GPU concurrency limit {name!r}: {args.gpus} slot(s)")
-    serve_deployments(args.inbox, cron=cron, output_folder=args.output_folder, limit=args.limit)
+    media = None
+    if not args.no_media:
+        media = _start_media(args)
+        if media is None:
+            return EXIT_FAILED
+    try:
+        # Two jobs started at once must not overcommit a card: one slot per GPU of the pool.
+        name = ensure_gpu_limit(args.gpu_pool, args.gpus)
+        print(f"GPU concurrency limit {name!r}: {args.gpus} slot(s)")
+        serve_deployments(args.inbox, cron=cron, output_folder=args.output_folder, limit=args.limit)
+    finally:
+        if media is not None:
+            media.stop()
+    return EXIT_OK
+
+
+def _start_media(args):
+    """The media server of ``serve`` (flows/media.py) in a thread; the flow runs it starts inherit
+    MASACTRL_MEDIA_URL/MASACTRL_MEDIA_ROOT, so their artifacts link to it (unless already set,
+    e.g. to a reverse proxy)."""
+    import os
+
+    from . import media
+
+    root = Path(args.media_root).expanduser().absolute() if args.media_root else media.default_root()
+    try:
+        running = media.start_media_server(root, host=args.media_host, port=args.media_port)
+    except (OSError, ValueError) as exc:
+        print(f"media server: cannot serve {root} on {args.media_host}:{args.media_port or 'any port'}: {exc}\n"
+              "pass another --media-port, or --no-media", file=sys.stderr)
+        return None
+    os.environ.setdefault(media.MEDIA_URL_ENV, running.url)
+    os.environ.setdefault(media.MEDIA_ROOT_ENV, str(running.root))
+    print(f"media server: {running.root} on {running.url}/ (links: {os.environ[media.MEDIA_URL_ENV]})", flush=True)
+    return running
+
+
+def cmd_media(args) -> int:
+    from . import media
+
+    try:
+        media.serve_media_forever(args.root or media.default_root(), args.host, args.port)
+    except (OSError, ValueError) as exc:
+        print(f"media server: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -198,7 +244,8 @@ def _result_of(run, job) -> Optional[object]:
     with get_client(sync_client=True) as client:
         progress = _progress_of(client, run.id)
     if progress and progress[1].startswith("progress-"):
-        path = Path(job.output.folder).absolute() / progress[1][len("progress-"):] / RESULT_FILE
+        # keys end with the job folder's name (flows/artifacts.py artifact_key)
+        path = Path(job.output.folder).absolute() / progress[1].rsplit("-", 1)[-1] / RESULT_FILE
         if path.is_file():
             return AnimationResult.model_validate_json(path.read_text())
     return None
@@ -239,6 +286,8 @@ def cmd_submit(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON
+    from .media import DEFAULT_PORT as DEFAULT_MEDIA_PORT
+    from .media import add_media_arguments
 
     parser = argparse.ArgumentParser(prog="masactrl-animate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -277,7 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="GPU chunks that may run at once in this pool (default 1)")
     p.add_argument("--gpu-pool", default=None, help="GPU pool name; the limit is gpu-<pool> (default: "
                    "$MASACTRL_GPU_POOL or 'local')")
+    p.add_argument("--no-media", action="store_true", help="do not start the media server (artifact links then "
+                   "use $MASACTRL_MEDIA_URL, else file://)")
+    p.add_argument("--media-port", type=int, default=None,
+                   help=f"port of the media server (default {DEFAULT_MEDIA_PORT}, or any free port when it is "
+                   "busy; 0 = any free port)")
+    p.add_argument("--media-host", default="127.0.0.1", help="address the media server binds (default 127.0.0.1)")
+    p.add_argument("--media-root", default=None, help="folder the media server serves (default: "
+                   "$MASACTRL_OUTPUT_ROOT, else ./out)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("media", help="serve the output root read-only over HTTP (GIF/MP4/PNG links of artifacts)")
+    add_media_arguments(p)
+    p.set_defaults(func=cmd_media)
 
     p = sub.add_parser("submit", help="trigger the animate deployment on a running server and wait")
     job_args(p)
