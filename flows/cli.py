@@ -98,6 +98,19 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(args) -> int:
+    from .quality import NotAFinishedJob, compute_job_metrics, summary_line, write_metrics
+
+    try:
+        metrics = compute_job_metrics(args.job_dir, detector_kind=args.detector, detector_dir=args.detector_dir)
+    except NotAFinishedJob as exc:
+        print(f"metrics: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    path = write_metrics(args.job_dir, metrics)
+    print(metrics.model_dump_json(indent=2) if args.json else f"{summary_line(metrics)}\n-> {path}")
+    return EXIT_OK
+
+
 def cmd_schema(args) -> int:
     from .job import AnimationJob
 
@@ -306,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a job file without loading any model")
     job_args(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("metrics", help="(re)compute the quality metrics of a finished job folder -> metrics.json")
+    p.add_argument("job_dir", help="a finished job folder (<output.folder>/<job hash>, holding result.json)")
+    p.add_argument("--detector", default="mediapipe", choices=("mediapipe", "openpose"),
+                   help="pose detector for PCK (pose jobs only; default: the bundled mediapipe)")
+    p.add_argument("--detector-dir", default=None, help="OpenPose weights folder (with --detector openpose)")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the summary line")
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("schema", help="print the JSON schema of a job")
     p.set_defaults(func=cmd_schema)
