@@ -1,0 +1,245 @@
+"""What the ``animate`` flow shows in the Prefect UI: keys, progress text, the outputs page and
+the frames table, as plain functions (tested without a server), plus ``publish_outputs`` which
+hands them to Prefect.
+
+Links go through ``flows.media.media_url``: with ``MASACTRL_MEDIA_URL`` set (``masactrl-animate
+serve`` sets it for its media server) the GIF and the contact sheet appear inline in the UI and
+every frame has a thumbnail; without it they are ``file://`` links, which browsers do not open
+from an http page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Optional
+from uuid import UUID
+
+from . import frames_io
+from .media import media_url
+
+HASH_CHARS = 16  # job folders and artifact keys use the first 16 hex digits of the job hash
+_NAME_CHARS = 40  # of the job name in a key: keys stay readable in the UI's lists
+
+ProgressStatus = Literal["running", "done", "cancelled", "failed"]
+
+
+# --- keys and labels --------------------------------------------------------------------------
+
+
+def slugify(text: Optional[str]) -> str:
+    """Lowercase letters, digits and single dashes only (what Prefect allows in artifact keys)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", (text or "").lower()).strip("-")
+    return slug[:_NAME_CHARS].rstrip("-")
+
+
+def artifact_key(kind: str, job_hash: str, job_name: Optional[str] = None) -> str:
+    """``<kind>-<job name>-<hash16>``, or ``<kind>-<hash16>`` for a job without a name.
+
+    The hash stays the last dash-separated part, so a key leads back to the job folder.
+    """
+    parts = [slugify(kind), slugify(job_name), job_hash[:HASH_CHARS].lower()]
+    return "-".join(p for p in parts if p)
+
+
+def job_hash_of_key(key: str) -> str:
+    """The job hash part (16 hex digits) of a key made by ``artifact_key``."""
+    return key.rsplit("-", 1)[-1]
+
+
+def job_label(job_hash: str, job_name: Optional[str] = None) -> str:
+    return f"{job_name} ({job_hash[:HASH_CHARS]})" if job_name else job_hash[:HASH_CHARS]
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+def progress_percent(done: int, total: int) -> float:
+    """Percentage of frames on disk, 0–100 (a job without frames is complete)."""
+    if total <= 0:
+        return 100.0
+    return max(0.0, min(100.0, 100.0 * done / total))
+
+
+def progress_description(
+    done: int,
+    total: int,
+    job_hash: str,
+    job_name: Optional[str] = None,
+    status: ProgressStatus = "running",
+    failed_chunk: Optional[int] = None,
+    chunk_count: Optional[int] = None,
+) -> str:
+    """The progress artifact's summary: percentage, frames done/total, and how the run ended.
+
+    ``failed_chunk`` is the 0-based index of the chunk that failed (shown 1-based, "chunk 2 of 5").
+    """
+    head = f"Frames of job {job_label(job_hash, job_name)}: {progress_percent(done, total):.0f}% ({done}/{total} frames)"
+    if status == "done":
+        return f"{head}, done"
+    if status == "cancelled":
+        return f"{head}, cancelled; run the job again to resume"
+    if status == "failed":
+        if failed_chunk is not None:
+            of = f" of {chunk_count}" if chunk_count else ""
+            where = f"failed at chunk {failed_chunk + 1}{of}"
+        else:
+            where = "failed"
+        return f"{head}, {where}; the frames on disk are kept: run the job again to render the rest"
+    return head
+
+
+# --- outputs and frames -------------------------------------------------------------------------
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _output_root(job_dir: str | os.PathLike) -> Path:
+    """The job's output folder (the job folder's parent): the media root when no other is set."""
+    return Path(job_dir).absolute().parent
+
+
+def _md_text(text: Any) -> str:
+    """Text for a markdown table cell: no pipes or newlines, no HTML (rendered verbatim-ish by both UIs)."""
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+            .replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def _md_link_text(text: Any) -> str:
+    return _md_text(text).replace("[", "\\[").replace("]", "\\]")
+
+
+def outputs_markdown(result: Any) -> str:
+    """The outputs page of a finished job (an ``AnimationResult`` or its dict).
+
+    The GIF (else the MP4's contact sheet) and the contact sheet are inline images; every output
+    is a link; then timings and UNet calls.
+    """
+    job_hash = _get(result, "job_hash")
+    job_dir = _get(result, "job_dir")
+    root = _output_root(job_dir)
+    name = _get(result, "job_name")
+    outputs: Mapping[str, str] = _get(result, "outputs") or {}
+    lines = [
+        f"# Animation {_md_text(job_label(job_hash, name))}",
+        "",
+        f"{_get(result, 'frame_count')} frames ({_get(result, 'frames_rendered')} rendered now, "
+        f"{_get(result, 'frames_skipped')} already on disk); "
+        f"inversion {'reused' if _get(result, 'inversion_cached') else 'computed'}.",
+        "",
+    ]
+    gif = _get(result, "gif")
+    if gif:
+        lines += [f"![animation]({media_url(gif, root)})", ""]
+    side = _get(result, "side_by_side")
+    if side and Path(side).suffix.lower() in (".gif", ".png"):
+        lines += [f"![pose and frame]({media_url(side, root)})", ""]
+    sheet = _get(result, "contact_sheet")
+    if sheet:
+        lines += [f"![contact sheet]({media_url(sheet, root)})", ""]
+    lines += ["| output | file |", "| --- | --- |"]
+    for key, path in sorted(outputs.items()):
+        lines.append(f"| {_md_text(key)} | [{_md_link_text(path)}]({media_url(path, root)}) |")
+    frames_dir = Path(job_dir) / frames_io.FRAMES_DIR
+    lines.append(f"| frames | {_md_text(frames_dir)} (see the frames table) |")
+    timings: Mapping[str, float] = _get(result, "timings") or {}
+    if timings:
+        lines += ["", "| stage | seconds |", "| --- | --- |"]
+        lines += [f"| {_md_text(k)} | {float(v):.2f} |" for k, v in timings.items()]
+    calls: Mapping[str, int] = _get(result, "unet_calls") or {}
+    if calls:
+        lines += ["", "| UNet | count |", "| --- | --- |"]
+        lines += [f"| {_md_text(k)} | {v} |" for k, v in calls.items()]
+    return "\n".join(lines)
+
+
+def thumbnail_markdown(path: str | os.PathLike, root: str | os.PathLike | None, alt: str) -> str:
+    """A thumbnail that links to the full picture (markdown renders in table cells of the UI)."""
+    url = media_url(path, root)
+    return f"[![{_md_link_text(alt)}]({url})]({url})"
+
+
+def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iterable[Mapping]) -> list[dict]:
+    """One row per planned frame: index, thumbnail, prompt, pose, file, url, seconds, status.
+
+    ``frames`` are the plan's frames (``index``, ``prompt``, ``pose``); ``reports`` the render
+    chunks' reports (``rendered`` indices, ``frame_seconds`` by index).
+    """
+    seconds: dict[int, float] = {}
+    rendered: set[int] = set()
+    for r in reports:
+        rendered.update(int(i) for i in r.get("rendered", ()))
+        seconds.update({int(k): float(v) for k, v in (r.get("frame_seconds") or {}).items()})
+    root = _output_root(job_dir)
+    rows = []
+    for f in frames:
+        index = int(_get(f, "index"))
+        pose = _get(f, "pose")
+        path = frames_io.frame_path(job_dir, index)
+        rows.append({
+            "index": index,
+            "thumbnail": thumbnail_markdown(path, root, f"frame {index}"),
+            "prompt": _get(f, "prompt"),
+            "pose": Path(pose).name if pose else "",
+            "file": str(path),
+            "url": media_url(path, root),
+            "seconds": round(seconds.get(index, 0.0), 3),
+            "status": "rendered" if index in rendered else "on disk",
+        })
+    return rows
+
+
+# --- publishing (needs a flow or task run context) ------------------------------------------------
+
+
+def publish_outputs(result: Any, frames: Iterable[Any], reports: Iterable[Mapping],
+                    job_name: Optional[str] = None, progress_id: Optional[UUID] = None) -> dict[str, UUID]:
+    """Create the artifacts of a finished job: progress 100 %, frames table, outputs page, GIF/MP4
+    links and the GIF as an image artifact. Returns their ids by key."""
+    from prefect.artifacts import (
+        create_image_artifact,
+        create_link_artifact,
+        create_markdown_artifact,
+        create_table_artifact,
+        update_progress_artifact,
+    )
+
+    job_hash, job_dir = _get(result, "job_hash"), _get(result, "job_dir")
+    label = job_label(job_hash, job_name)
+    root = _output_root(job_dir)
+    total = int(_get(result, "frame_count") or 0)
+    ids: dict[str, UUID] = {}
+    if progress_id is not None:
+        update_progress_artifact(progress_id, progress=100.0,
+                                 description=progress_description(total, total, job_hash, job_name, "done"))
+    key = artifact_key("frames", job_hash, job_name)
+    ids[key] = create_table_artifact(
+        key=key, table=frame_table(frames, job_dir, reports),
+        description=f"Frames of job {label}: thumbnail, prompt, pose, file, seconds",
+    )
+    view = dict(result) if isinstance(result, Mapping) else {
+        k: _get(result, k) for k in ("job_hash", "job_dir", "frame_count", "frames_rendered", "frames_skipped",
+                                     "inversion_cached", "gif", "mp4", "contact_sheet", "side_by_side", "outputs",
+                                     "timings", "unet_calls")
+    }
+    view["job_name"] = job_name
+    key = artifact_key("outputs", job_hash, job_name)
+    ids[key] = create_markdown_artifact(key=key, markdown=outputs_markdown(view), description=f"Outputs of job {label}")
+    for kind in ("gif", "mp4"):
+        path = _get(result, kind)
+        if path:
+            key = artifact_key(kind, job_hash, job_name)
+            ids[key] = create_link_artifact(key=key, link=media_url(path, root), link_text=Path(path).name,
+                                            description=f"{kind.upper()} of job {label}")
+    gif = _get(result, "gif")
+    if gif:
+        key = artifact_key("animation", job_hash, job_name)
+        ids[key] = create_image_artifact(image_url=media_url(gif, root), key=key,
+                                         description=f"Animation of job {label}")
+    return ids

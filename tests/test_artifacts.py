@@ -1,0 +1,121 @@
+"""What the flow publishes (flows/artifacts.py), without a Prefect server (issue 13 A.1, A.3)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from flows.artifacts import (
+    artifact_key,
+    frame_table,
+    job_hash_of_key,
+    outputs_markdown,
+    progress_description,
+    progress_percent,
+    slugify,
+)
+
+HASH = "0123456789abcdef" + "f" * 48
+KEY_RE = re.compile(r"^[a-z0-9-]+$")  # what Prefect accepts as an artifact key
+
+
+@pytest.fixture
+def no_media(monkeypatch):
+    for var in ("MASACTRL_MEDIA_URL", "MASACTRL_MEDIA_ROOT", "MASACTRL_OUTPUT_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def media(monkeypatch, no_media):
+    monkeypatch.setenv("MASACTRL_MEDIA_URL", "http://media.test:4300")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    (None, "outputs-0123456789abcdef"),
+    ("cat", "outputs-cat-0123456789abcdef"),
+    ("My_Cat.v2", "outputs-my-cat-v2-0123456789abcdef"),
+    ("--Odd__name..", "outputs-odd-name-0123456789abcdef"),
+    ("x" * 64, "outputs-" + "x" * 40 + "-0123456789abcdef"),
+    ("___", "outputs-0123456789abcdef"),
+])
+def test_keys_carry_the_job_name_and_hash(name, expected):
+    key = artifact_key("outputs", HASH, name)
+    assert key == expected and KEY_RE.match(key)
+    assert job_hash_of_key(key) == HASH[:16]
+
+
+def test_slugify():
+    assert slugify("Hello, World!") == "hello-world"
+    assert slugify(None) == "" and slugify("") == ""
+    assert slugify("a" * 39 + "-b") == "a" * 39  # no dash left at the cut
+
+
+def test_progress_text():
+    assert progress_percent(0, 0) == 100.0 and progress_percent(3, 12) == 25.0 and progress_percent(20, 10) == 100.0
+    running = progress_description(3, 12, HASH, "cat")
+    assert running == "Frames of job cat (0123456789abcdef): 25% (3/12 frames)"
+    assert progress_description(12, 12, HASH, status="done").endswith("100% (12/12 frames), done")
+    cancelled = progress_description(5, 12, HASH, status="cancelled")
+    assert "42% (5/12 frames)" in cancelled and "cancelled" in cancelled
+    failed = progress_description(4, 12, HASH, status="failed", failed_chunk=1, chunk_count=3)
+    assert "33% (4/12 frames)" in failed and "failed at chunk 2 of 3" in failed
+    assert "failed at chunk" not in progress_description(4, 12, HASH, status="failed")
+    assert "failed" in progress_description(4, 12, HASH, status="failed")
+
+
+def _result(job_dir: Path, **extra) -> dict:
+    out = {
+        "gif": str(job_dir / "animation.gif"), "mp4": str(job_dir / "animation.mp4"),
+        "contact_sheet": str(job_dir / "contact_sheet.png"),
+    }
+    return {
+        "job_hash": HASH, "job_dir": str(job_dir), "frame_count": 4, "frames_rendered": 3, "frames_skipped": 1,
+        "inversion_cached": False, "side_by_side": None, "outputs": out, "timings": {"render": 1.234},
+        "unet_calls": {"frame_calls": 8}, **out, **extra,
+    }
+
+
+def test_outputs_markdown_shows_the_animation_inline(media, tmp_path):
+    job_dir = tmp_path / "out" / HASH[:16]
+    text = outputs_markdown(_result(job_dir, job_name="cat"))
+    assert text.startswith("# Animation cat (0123456789abcdef)")
+    assert f"![animation](http://media.test:4300/{HASH[:16]}/animation.gif)" in text
+    assert f"![contact sheet](http://media.test:4300/{HASH[:16]}/contact_sheet.png)" in text
+    assert f"[{job_dir / 'animation.mp4'}](http://media.test:4300/{HASH[:16]}/animation.mp4)" in text
+    assert "3 rendered now, 1 already on disk" in text and "| render | 1.23 |" in text
+    assert "file://" not in text
+    # the image comes before the tables: it is what a person opens the page for
+    assert text.index("![animation]") < text.index("| output |")
+
+
+def test_outputs_markdown_without_media_url_links_files(no_media, tmp_path):
+    job_dir = tmp_path / "out" / HASH[:16]
+    text = outputs_markdown(_result(job_dir))
+    assert f"![animation]({(job_dir / 'animation.gif').as_uri()})" in text
+
+
+def test_outputs_markdown_side_by_side_and_no_gif(media, tmp_path):
+    job_dir = tmp_path / "out" / HASH[:16]
+    res = _result(job_dir, gif=None, side_by_side=str(job_dir / "side_by_side.gif"))
+    text = outputs_markdown(res)
+    assert "![animation]" not in text
+    assert f"![pose and frame](http://media.test:4300/{HASH[:16]}/side_by_side.gif)" in text
+
+
+def test_frame_table_rows_with_thumbnails(media, tmp_path):
+    job_dir = tmp_path / "out" / HASH[:16]
+    frames = [SimpleNamespace(index=i, prompt=f"a cat {i}", pose=f"/p/pose_{i:04d}.png" if i else None)
+              for i in range(3)]
+    reports = [{"rendered": [1, 2], "frame_seconds": {"1": 0.51234, "2": 0.5}}]
+    rows = frame_table(frames, job_dir, reports)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    url = f"http://media.test:4300/{HASH[:16]}/frames/frame_0001.png"
+    assert rows[1]["thumbnail"] == f"[![frame 1]({url})]({url})"
+    assert rows[1]["url"] == url and rows[1]["file"] == str(job_dir / "frames" / "frame_0001.png")
+    assert rows[1]["pose"] == "pose_0001.png" and rows[0]["pose"] == ""
+    assert rows[1]["seconds"] == 0.512 and rows[0]["seconds"] == 0.0
+    assert [r["status"] for r in rows] == ["on disk", "rendered", "rendered"]
+    assert rows[2]["prompt"] == "a cat 2"
