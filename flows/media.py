@@ -69,6 +69,8 @@ MIME_TYPES = {
     ".log": "text/plain; charset=utf-8",
 }
 DEFAULT_MIME = "application/octet-stream"
+# A name no file can be served under (hidden names never are): the health probe's.
+HEALTH_PATH = "/.health"
 # Pictures and videos of a job folder do not change once written (the folder is named by the hash
 # of everything that determines them; a re-render writes the same bytes): cache them for a day.
 # JSON files (result.json, index files) change as a job progresses: always revalidate them.
@@ -214,6 +216,9 @@ class MediaHandler(BaseHTTPRequestHandler):
         return candidate
 
     def _serve(self, body: bool) -> None:
+        if urlsplit(self.path).path == HEALTH_PATH:  # for probes: open, like Prefect's /api/health
+            self._plain(HTTPStatus.OK, "ok", body=body)
+            return
         if not self._authorised():
             self._plain(HTTPStatus.UNAUTHORIZED, "authentication required",
                         {"WWW-Authenticate": 'Basic realm="masactrl media", charset="UTF-8"'}, body)

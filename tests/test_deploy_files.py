@@ -91,7 +91,7 @@ def _gpu_devices(service: dict) -> list[dict]:
 
 def test_compose_has_the_services_and_their_images(compose):
     assert set(compose["services"]) == {
-        "postgres", "prefect-server", "prefect-setup", "prefect-worker", "dask-scheduler", "dask-worker",
+        "postgres", "prefect-server", "prefect-setup", "prefect-worker", "dask-scheduler", "dask-worker", "media",
     }
     roles = {name: svc.get("command") for name, svc in compose["services"].items()}
     assert roles == {
@@ -101,6 +101,7 @@ def test_compose_has_the_services_and_their_images(compose):
         "prefect-worker": ["worker"],
         "dask-scheduler": ["dask-scheduler"],
         "dask-worker": ["dask-worker"],
+        "media": ["masactrl-animate", "media", "--root", "/data/out", "--host", "0.0.0.0", "--port", "4300"],
     }
     for name, svc in compose["services"].items():
         if name != "postgres":
@@ -124,6 +125,7 @@ def test_compose_health_checks_and_start_order(compose):
     assert services["prefect-worker"]["healthcheck"]["test"][-1] == "http://127.0.0.1:8080/health"
     assert services["dask-scheduler"]["healthcheck"]["test"][-1] == "http://127.0.0.1:8787/health"
     assert services["dask-worker"]["healthcheck"]["test"][3:] == ["dask-workers", "tcp://dask-scheduler:8786", "--local"]
+    assert services["media"]["healthcheck"]["test"][-1] == "http://127.0.0.1:4300/.health"
     for svc in services.values():
         for dep, cond in svc.get("depends_on", {}).items():
             assert dep in services
@@ -141,13 +143,15 @@ def test_compose_gpus_resources_and_shared_data(compose):
         [device] = _gpu_devices(services[name])
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert _gpu_devices(services["dask-worker"])[0]["count"] == "all"
-    for name in ("postgres", "prefect-server", "prefect-setup", "dask-scheduler"):
+    for name in ("postgres", "prefect-server", "prefect-setup", "dask-scheduler", "media"):
         assert not _gpu_devices(services[name]), name
     # every role that touches jobs mounts the same volume at /data
     mounts = {name: svc.get("volumes", []) for name, svc in services.items()}
     for name in ("prefect-setup", "prefect-worker", "dask-worker"):
         assert {"type": "volume", "source": "data", "target": "/data"} in mounts[name], name
     assert "pgdata:/var/lib/postgresql/data" in mounts["postgres"]
+    # the media server only reads the job folders
+    assert mounts["media"] == [{"type": "volume", "source": "data", "target": "/data", "read_only": True}]
     assert compose["volumes"]["data"]["name"] == "masactrl-data"
     # Dask workers claim GPU=1 each: their entry point says so
     assert _dry_run("dask-worker", DASK_SCHEDULER_ADDRESS="tcp://s:8786", DASK_WORKER_CPU_ONLY="1").endswith(
@@ -177,8 +181,15 @@ def test_compose_prefect_settings_and_auth(compose):
         for key in _env(svc):
             if key.startswith("PREFECT_"):
                 assert key in valid, f"{key} is not a Prefect {sys.modules['prefect'].__version__} setting"
+    # artifacts link the job files through the media service, which serves /data/out
+    for name in ("prefect-setup", "prefect-worker", "dask-worker"):
+        env = _env(services[name])
+        assert env["MASACTRL_MEDIA_URL"] == "http://localhost:4300" and env["MASACTRL_MEDIA_ROOT"] == "/data/out"
+    media = services["media"]
+    assert media["command"][media["command"].index("--root") + 1] == _env(services["dask-worker"])["MASACTRL_MEDIA_ROOT"]
+    assert _env(media)["MASACTRL_MEDIA_AUTH"] == ""  # basic auth only when the operator sets it
     # published ports stay on localhost unless the operator opts in
-    for name in ("prefect-server", "dask-scheduler"):
+    for name in ("prefect-server", "dask-scheduler", "media"):
         for port in services[name]["ports"]:
             assert port.startswith("127.0.0.1:"), port
 
@@ -551,7 +562,8 @@ def test_readme_covers_what_an_operator_needs():
     for needle in [
         "One GPU box", "Several GPU boxes", "Kubernetes", "model weights", "PREFECT_SERVER_API_AUTH_STRING",
         "PREFECT_API_AUTH_STRING", "reverse proxy", "/data", "gpu-local", "prefect gcl", "--resources GPU=1",
-        "MASACTRL_DASK_ADDRESS",
+        "MASACTRL_DASK_ADDRESS", "MASACTRL_MEDIA_URL", "MASACTRL_MEDIA_AUTH", "--no-media", "--media-port",
+        "PREFECT_UI_API_URL=http://",
     ]:
         assert needle in text, needle
     for path in re.findall(r"`(deploy/[\w./-]+)`", text):

@@ -197,6 +197,8 @@ def test_basic_auth(media_tree, tmp_path):
         assert ok.headers["cache-control"].startswith("private")  # not for shared caches
         # auth comes before the path check: no probing what exists
         assert httpx.get(f"{server.url}/{job.name}/nothing.gif", timeout=10).status_code == 401
+        # the health probe stays open (compose's health check has no credentials)
+        assert httpx.get(f"{server.url}/.health", timeout=10).status_code == 200
     finally:
         server.stop()
 
