@@ -165,17 +165,17 @@ def thumbnail_markdown(path: str | os.PathLike, root: str | os.PathLike | None, 
     return f"[![{_md_link_text(alt)}]({url})]({url})"
 
 
-def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iterable[Mapping]) -> list[dict]:
+def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iterable[Any]) -> list[dict]:
     """One row per planned frame: index, thumbnail, prompt, pose, file, url, seconds, status.
 
     ``frames`` are the plan's frames (``index``, ``prompt``, ``pose``); ``reports`` the render
-    chunks' reports (``rendered`` indices, ``frame_seconds`` by index).
+    chunks' reports, objects or dicts (``rendered`` indices, ``frame_seconds`` by index).
     """
     seconds: dict[int, float] = {}
     rendered: set[int] = set()
     for r in reports:
-        rendered.update(int(i) for i in r.get("rendered", ()))
-        seconds.update({int(k): float(v) for k, v in (r.get("frame_seconds") or {}).items()})
+        rendered.update(int(i) for i in (_get(r, "rendered") or ()))
+        seconds.update({int(k): float(v) for k, v in (_get(r, "frame_seconds") or {}).items()})
     root = _output_root(job_dir)
     rows = []
     for f in frames:
@@ -198,7 +198,7 @@ def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iter
 # --- publishing (needs a flow or task run context) ------------------------------------------------
 
 
-def publish_outputs(result: Any, frames: Iterable[Any], reports: Iterable[Mapping],
+def publish_outputs(result: Any, frames: Iterable[Any], reports: Iterable[Any],
                     job_name: Optional[str] = None, progress_id: Optional[UUID] = None) -> dict[str, UUID]:
     """Create the artifacts of a finished job: progress 100 %, frames table, outputs page, GIF/MP4
     links and the GIF as an image artifact. Returns their ids by key."""

@@ -119,3 +119,6 @@ def test_frame_table_rows_with_thumbnails(media, tmp_path):
     assert rows[1]["seconds"] == 0.512 and rows[0]["seconds"] == 0.0
     assert [r["status"] for r in rows] == ["on disk", "rendered", "rendered"]
     assert rows[2]["prompt"] == "a cat 2"
+    # report objects (the flow's ChunkReport) give the same rows
+    objects = [SimpleNamespace(rendered=[1, 2], frame_seconds={1: 0.51234, 2: 0.5})]
+    assert frame_table(frames, job_dir, objects) == rows
