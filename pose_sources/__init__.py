@@ -4,27 +4,35 @@
     maps = seq.render((w, h))  # list of PIL RGB images, one per frame
 
 No Prefect and no engine imports here; controlnet_aux is imported only when drawing or
-detecting. See README.md beside this file.
+detecting with OpenPose, mediapipe only when its detector is made. See README.md beside this file.
 """
 
+from .detectors import DETECTOR_KINDS, PoseDetector, get_detector
 from .errors import PoseSourceError
 from .images import PoseMaps, fit_image, list_pose_images
 from .keyframes import interpolate_keyframes, interpolate_pose
-from .load import load
+from .load import load, source_subject
+from .mediapipe_detector import MediaPipeDetector, blazepose_to_coco18
+from .openpose_detector import OpenPoseDetector
 from .openpose_json import parse_openpose, read_openpose_folder, read_openpose_json
 from .overlay import overlay
 from .pose import COCO18_NAMES, Person, Pose, PoseSequence
-from .retarget import Overflow, PoseOutsideCanvasError, measure_overflow, retarget
-from .spec import KeyframesSpec, OpenPoseJsonSpec, PoseImagesSpec, PoseSpec, PoseSpecAdapter, VideoSpec
+from .retarget import Overflow, PoseOutsideCanvasError, measure_overflow, retarget, retarget_to_subject
+from .spec import ImageSpec, KeyframesSpec, OpenPoseJsonSpec, PoseImagesSpec, PoseSpec, PoseSpecAdapter, VideoSpec
 from .video import detect_image_pose, detect_video_poses, load_openpose_detector
 
 __all__ = [
     "COCO18_NAMES",
+    "DETECTOR_KINDS",
+    "ImageSpec",
     "KeyframesSpec",
+    "MediaPipeDetector",
+    "OpenPoseDetector",
     "OpenPoseJsonSpec",
     "Overflow",
     "Person",
     "Pose",
+    "PoseDetector",
     "PoseImagesSpec",
     "PoseMaps",
     "PoseOutsideCanvasError",
@@ -33,9 +41,11 @@ __all__ = [
     "PoseSpec",
     "PoseSpecAdapter",
     "VideoSpec",
+    "blazepose_to_coco18",
     "detect_image_pose",
     "detect_video_poses",
     "fit_image",
+    "get_detector",
     "interpolate_keyframes",
     "interpolate_pose",
     "list_pose_images",
@@ -47,4 +57,6 @@ __all__ = [
     "read_openpose_folder",
     "read_openpose_json",
     "retarget",
+    "retarget_to_subject",
+    "source_subject",
 ]

@@ -156,3 +156,127 @@ def retarget(
             )
         log.warning("%s", message)
     return result
+
+
+# COCO-18 bones as (parent, child), every parent listed before its children: a tree rooted at
+# the neck (controlnet_aux's limbSeq, 0-based). Each point but the neck is the child of one bone.
+BONES: tuple[tuple[int, int], ...] = (
+    (1, 2), (1, 5), (1, 8), (1, 11), (1, 0),
+    (2, 3), (3, 4), (5, 6), (6, 7),
+    (8, 9), (9, 10), (11, 12), (12, 13),
+    (0, 14), (14, 16), (0, 15), (15, 17),
+)  # fmt: skip
+R_WRIST, L_WRIST, NOSE = 4, 7, 0
+MIN_SHARED_BONES = 4
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _angle(v: np.ndarray) -> float:
+    return float(np.arctan2(v[1], v[0]))
+
+
+def retarget_to_subject(
+    sequence: PoseSequence,
+    reference: Pose,
+    *,
+    person: int = 0,
+    reference_person: int = 0,
+    min_shared_bones: int = MIN_SHARED_BONES,
+) -> PoseSequence:
+    """Move the motion onto the subject of `reference`: frame 0 lands on it, later frames move from there.
+
+    1. Position and scale: the first frame's neck goes onto the reference's neck; the scale is
+       the median length ratio of the bones both skeletons show (so one foreshortened limb does
+       not decide it). Without a neck or a shared bone, `retarget(size_by="bbox")` does it.
+    2. Limbs, when both skeletons share at least `min_shared_bones` bones: every shared bone
+       gets the reference's length and, in the first frame, its direction; in later frames it
+       turns by the angle the sequence's bone turns from its first frame. Walking the bones out
+       from the neck, the first frame then coincides with the reference at every point both
+       show (linked to the neck by shared bones); bones the reference lacks (e.g. legs outside
+       a portrait) keep the sequence's shape at the common scale, and points the sequence
+       lacks stay missing. Hands follow their wrists, the face the nose.
+
+    Points may end outside the canvas (a full-body motion on a half-body photo): they are not
+    drawn; the overflow is logged and recorded in `metadata["retarget"]`.
+    """
+    if not len(sequence):
+        raise PoseSourceError("cannot retarget an empty pose sequence")
+    first = sequence[0]
+    if person >= len(first.people):
+        raise PoseSourceError(f"the first frame has {len(first.people)} people, no person {person} to retarget")
+    if reference_person >= len(reference.people):
+        raise PoseSourceError(f"the reference pose has {len(reference.people)} people, no person {reference_person}")
+    src, ref = first.people[person].body, reference.people[reference_person].body
+
+    def seen(body: np.ndarray, *points: int) -> bool:
+        return all(body[i, 2] > 0 for i in points)
+
+    shared = [
+        (a, b)
+        for a, b in BONES
+        if seen(src, a, b) and seen(ref, a, b) and np.linalg.norm(src[b, :2] - src[a, :2]) > 1e-6
+    ]
+    if not seen(src, NECK) or not seen(ref, NECK) or not shared:
+        result = retarget(sequence, reference, size_by="bbox", person=person,
+                          reference_person=reference_person, allow_outside=True)  # fmt: skip
+        result.metadata["retarget"].update({"mode": "bbox", "shared_bones": len(shared)})
+        return result
+
+    src_len = {b: float(np.linalg.norm(src[b, :2] - src[a, :2])) for a, b in shared}
+    ref_len = {b: float(np.linalg.norm(ref[b, :2] - ref[a, :2])) for a, b in shared}
+    scale = float(np.median([ref_len[b] / src_len[b] for b in src_len]))
+    offset = ref[NECK, :2] - src[NECK, :2] * scale
+    bones_mode = len(shared) >= min_shared_bones
+    turn = {}  # child point -> (rotation, length factor) applied to its bone in every frame
+    if bones_mode:
+        for a, b in shared:
+            angle = _angle(ref[b, :2] - ref[a, :2]) - _angle(src[b, :2] - src[a, :2])
+            turn[b] = (_rotation(angle), ref_len[b] / (scale * src_len[b]))
+
+    def move(xy: np.ndarray) -> np.ndarray:
+        return xy * scale + offset
+
+    def rebuild(p: Person) -> Person:
+        moved = p.map_points(move)
+        if not turn:
+            return moved
+        old, new = moved.body, moved.body.copy()
+        for a, b in BONES:
+            if old[b, 2] <= 0 or old[a, 2] <= 0:
+                continue  # without its parent a point stays where the common scale put it
+            vec = old[b, :2] - old[a, :2]
+            if b in turn:
+                rot, factor = turn[b]
+                vec = rot @ vec * factor
+            new[b, :2] = new[a, :2] + vec
+
+        def follow(part: np.ndarray | None, anchor: int) -> np.ndarray | None:
+            if part is None or old[anchor, 2] <= 0:
+                return part
+            out = part.copy()
+            vis = out[:, 2] > 0
+            out[vis, :2] += new[anchor, :2] - old[anchor, :2]
+            return out
+
+        return Person(new, follow(moved.left_hand, L_WRIST), follow(moved.right_hand, R_WRIST), follow(moved.face, NOSE))
+
+    poses = []
+    for pose in sequence:
+        people = tuple(rebuild(p) if i == person else p.map_points(move) for i, p in enumerate(pose.people))
+        poses.append(Pose(people, reference.canvas))
+    result = PoseSequence(poses, reference.canvas, dict(sequence.metadata))
+    overflow = measure_overflow(result)
+    result.metadata["retarget"] = {
+        "mode": "bones" if bones_mode else "neck",
+        "scale": scale,
+        "offset": [float(v) for v in offset],
+        "shared_bones": len(shared),
+        "outside_px": overflow.pixels,
+    }
+    if overflow.pixels > 0:
+        log.info("retargeted poses go %s (not drawn there)", overflow.describe())
+    return result

@@ -19,6 +19,8 @@ from .errors import PoseSourceError
 from .images import list_pose_images
 from .keyframes import keyframe_positions
 from .openpose_json import list_openpose_files
+from .mediapipe_detector import FACE_REFUSED
+from .paths import IMAGE_EXTENSIONS
 from .video import FACE_WEIGHTS, HAND_WEIGHTS, check_detector_dir
 
 _FIT_HELP = (
@@ -34,6 +36,11 @@ _SRC_H_HELP = "Height of the image the pixel coordinates refer to, for files wit
 _HANDS_HELP = "Draw hand keypoints (21 per hand) when the input has them."
 _FACE_HELP = "Draw face keypoints (70 points) when the input has them."
 _CONF_HELP = "Points with a confidence below this are treated as missing (0 keeps every detected point)."
+_RETARGET_HELP = (
+    "'source': detect the subject's pose in the job's source picture and move the poses onto it (the first "
+    "pose lands on the subject: position, size and limb lengths; later poses move from there). 'none': the "
+    "poses stay where their author put them."
+)
 
 
 def _check_paths(info: ValidationInfo) -> bool:
@@ -44,7 +51,74 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class _SourceSize(_Spec):
+class _Retarget(_Spec):
+    retarget: Literal["none", "source"] = Field("none", description=_RETARGET_HELP)
+
+
+class _Detection(_Retarget):
+    """Fields of the inputs that run a pose detector (a video, a picture)."""
+
+    detector: Literal["mediapipe", "openpose"] = Field(
+        "mediapipe",
+        description="'mediapipe': the bundled detector, nothing to download (one person). 'openpose': "
+        "controlnet_aux's OpenPose with weights from detector_dir.",
+    )
+    detector_dir: str | None = Field(
+        None,
+        description="Only for detector 'openpose': local folder with the weights from lllyasviel/Annotators: "
+        "body_pose_model.pth, plus hand_pose_model.pth for hands and facenet.pth for face. Never downloaded.",
+    )
+    hands: bool = Field(False, description="Detect and draw hands (OpenPose needs hand_pose_model.pth).")
+    face: bool = Field(
+        False, description="Detect and draw the face: detector 'openpose' only (needs facenet.pth)."
+    )
+    min_visibility: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Detector 'mediapipe': landmarks less visible than this are missing. OpenPose keeps its own output.",
+    )  # fmt: skip
+    detect_resolution: int = Field(
+        512, ge=64, le=4096,
+        description="Detector 'openpose': short side the pictures are resized to for detection, as in controlnet_aux.",
+    )  # fmt: skip
+    device: str = Field("cpu", description="Detector 'openpose': torch device, e.g. 'cpu' or 'cuda'.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openpose_when_weights_given(cls, data):
+        # Specs written before the bundled detector named only detector_dir; they meant OpenPose.
+        if isinstance(data, dict) and data.get("detector_dir") and "detector" not in data:
+            data = {**data, "detector": "openpose"}
+        return data
+
+    @model_validator(mode="after")
+    def _detector_fits(self, info: ValidationInfo):
+        if self.detector == "mediapipe":
+            if self.detector_dir is not None:
+                raise ValueError(
+                    "detector_dir: only the 'openpose' detector reads weights; remove detector_dir or set detector: openpose"
+                )
+            if self.face:
+                raise ValueError(FACE_REFUSED)
+            return self
+        if self.detector_dir is None:
+            raise ValueError(
+                "detector_dir: detector 'openpose' needs a local folder with body_pose_model.pth "
+                "(from lllyasviel/Annotators); or set detector: mediapipe, which needs no files"
+            )
+        if _check_paths(info):
+            try:
+                check_detector_dir(self.detector_dir, hands=self.hands, face=self.face)
+            except PoseSourceError as exc:
+                hint = ""
+                if self.hands and not (Path(self.detector_dir) / HAND_WEIGHTS).is_file():
+                    hint = " (or set hands to false)"
+                elif self.face and not (Path(self.detector_dir) / FACE_WEIGHTS).is_file():
+                    hint = " (or set face to false)"
+                raise ValueError(f"detector_dir: {exc}{hint}") from None
+        return self
+
+
+class _SourceSize(_Retarget):
     @model_validator(mode="after")
     def _both_or_neither(self):
         if (self.source_width is None) != (self.source_height is None):
@@ -92,6 +166,19 @@ class PoseImagesSpec(_Spec):
         "(natural order), or a list of image files (in the order given)."
     )
     fit: Literal["letterbox", "stretch"] = Field("letterbox", description=_FIT_HELP)
+    retarget: Literal["none", "source"] = Field(
+        "none", description="Pose images have no keypoints to move: only 'none'."
+    )
+
+    @field_validator("retarget")
+    @classmethod
+    def _no_keypoints(cls, value: str) -> str:
+        if value != "none":
+            raise ValueError(
+                "pose images have no keypoints to retarget onto the source: set retarget: none, or give "
+                "keypoints (kind openpose_json, keyframes, video or image)"
+            )
+        return value
 
     @field_validator("source")
     @classmethod
@@ -104,23 +191,13 @@ class PoseImagesSpec(_Spec):
         return value
 
 
-class VideoSpec(_Spec):
-    """A driving video, run through controlnet_aux's OpenPose detector."""
+class VideoSpec(_Detection):
+    """A driving video, run through a pose detector (the bundled one unless detector: openpose)."""
 
     kind: Literal["video"] = Field("video", description="Selects pose detection on a driving video.")
     path: str = Field(description="The video file (anything ffmpeg decodes: mp4, mov, webm, gif...).")
-    detector_dir: str = Field(
-        description="Local folder with the OpenPose weights from lllyasviel/Annotators: body_pose_model.pth, "
-        "plus hand_pose_model.pth for hands and facenet.pth for face. Never downloaded."
-    )
     every_nth: int = Field(1, ge=1, description="Use every n-th video frame (1 = every frame).")
     max_frames: int | None = Field(None, ge=1, description="Stop after this many poses (empty = whole video).")
-    hands: bool = Field(False, description="Detect and draw hands (needs hand_pose_model.pth).")
-    face: bool = Field(False, description="Detect and draw the face (needs facenet.pth).")
-    detect_resolution: int = Field(
-        512, ge=64, le=4096, description="Short side the frames are resized to for detection, as in controlnet_aux."
-    )
-    device: str = Field("cpu", description="Torch device for the detector, e.g. 'cpu' or 'cuda'.")
     fit: Literal["letterbox", "stretch"] = Field("letterbox", description=_FIT_HELP)
 
     @field_validator("path")
@@ -130,19 +207,25 @@ class VideoSpec(_Spec):
             raise ValueError(f"{value}: video file not found; set path to an existing video file")
         return value
 
-    @model_validator(mode="after")
-    def _weights_exist(self, info: ValidationInfo):
+
+class ImageSpec(_Detection):
+    """One picture of a person (e.g. a reference photo): its pose, as a single frame."""
+
+    kind: Literal["image"] = Field("image", description="Selects pose detection on one picture.")
+    path: str = Field(description="The picture (png, jpg, webp, ...) whose person's pose is wanted.")
+    fit: Literal["letterbox", "stretch"] = Field("letterbox", description=_FIT_HELP)
+
+    @field_validator("path")
+    @classmethod
+    def _image_exists(cls, value: str, info: ValidationInfo) -> str:
         if _check_paths(info):
-            try:
-                check_detector_dir(self.detector_dir, hands=self.hands, face=self.face)
-            except PoseSourceError as exc:
-                hint = ""
-                if self.hands and not (Path(self.detector_dir) / HAND_WEIGHTS).is_file():
-                    hint = " (or set hands to false)"
-                elif self.face and not (Path(self.detector_dir) / FACE_WEIGHTS).is_file():
-                    hint = " (or set face to false)"
-                raise ValueError(f"detector_dir: {exc}{hint}") from None
-        return self
+            if not Path(value).is_file():
+                raise ValueError(f"{value}: picture not found; set path to an existing image file")
+            if Path(value).suffix.lower() not in IMAGE_EXTENSIONS:
+                raise ValueError(
+                    f"{value}: not a picture file ({', '.join(sorted(IMAGE_EXTENSIONS))}); for a video use kind: video"
+                )
+        return value
 
 
 class KeyframesSpec(_SourceSize):
@@ -198,7 +281,7 @@ class KeyframesSpec(_SourceSize):
 
 
 PoseSpec = Annotated[
-    OpenPoseJsonSpec | PoseImagesSpec | VideoSpec | KeyframesSpec,
+    OpenPoseJsonSpec | PoseImagesSpec | VideoSpec | ImageSpec | KeyframesSpec,
     Field(discriminator="kind"),
 ]
 PoseSpecAdapter: TypeAdapter[PoseSpec] = TypeAdapter(PoseSpec)

@@ -1,11 +1,8 @@
-"""Driving video -> poses, through controlnet_aux's OpenPose detector with local weights.
+"""Driving video (or one picture) -> poses, through a `PoseDetector`.
 
-The weights folder holds the files of the `lllyasviel/Annotators` repository:
-`body_pose_model.pth`, plus `hand_pose_model.pth` / `facenet.pth` when hands / face are
-asked for. They are loaded with controlnet_aux's own `Body`, `Hand` and `Face` classes, the
-ones `OpenposeDetector.from_pretrained(folder)` uses; we build the detector from them
-directly because `from_pretrained` insists on all three files even when only the body is
-used, and falls back to the hub for anything that is not a folder.
+The detector is the bundled mediapipe one unless asked otherwise (`detector="openpose"` with
+a weights folder, see `openpose_detector`). The OpenPose names that used to live here
+(`load_openpose_detector`, `check_detector_dir`, `pose_from_detection`, ...) are re-exported.
 """
 
 from __future__ import annotations
@@ -17,58 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .aux_import import import_quietly
+from .detectors import DetectorKind, PoseDetector, get_detector
 from .errors import PoseSourceError
-from .pose import FACE_POINTS, HAND_POINTS, Person, Pose, PoseSequence
+from .openpose_detector import (  # noqa: F401  (re-exported)
+    BODY_WEIGHTS,
+    FACE_WEIGHTS,
+    HAND_WEIGHTS,
+    OpenPoseDetector,
+    check_detector_dir,
+    detect_pose,
+    load_openpose_detector,
+    pose_from_detection,
+)
+from .pose import Pose, PoseSequence
 
 if TYPE_CHECKING:
     from PIL import Image
-
-BODY_WEIGHTS = "body_pose_model.pth"
-HAND_WEIGHTS = "hand_pose_model.pth"
-FACE_WEIGHTS = "facenet.pth"
-
-
-def check_detector_dir(folder: str | Path, *, hands: bool = False, face: bool = False) -> Path:
-    """The folder, after checking it holds every weights file that will be loaded."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PoseSourceError(f"{folder}: OpenPose detector folder not found")
-    needed = [BODY_WEIGHTS] + [HAND_WEIGHTS] * hands + [FACE_WEIGHTS] * face
-    missing = [name for name in needed if not (folder / name).is_file()]
-    if missing:
-        raise PoseSourceError(
-            f"{folder}: OpenPose detector folder has no {', '.join(missing)}: put the weights from "
-            "lllyasviel/Annotators there (body_pose_model.pth; hand_pose_model.pth for hands; facenet.pth for face)"
-        )
-    return folder
-
-
-def load_openpose_detector(folder: str | Path, *, hands: bool = False, face: bool = False, device: str = "cpu"):
-    """controlnet_aux's OpenposeDetector with weights from `folder` (never from a hub)."""
-    folder = check_detector_dir(folder, hands=hands, face=face)
-    open_pose = import_quietly("controlnet_aux.open_pose")
-    Body, Face, Hand, OpenposeDetector = open_pose.Body, open_pose.Face, open_pose.Hand, open_pose.OpenposeDetector
-
-    def load(cls, name):
-        try:
-            # torch.load inside runs with weights_only=True (torch >= 2.6): tensors, no pickled code.
-            model = cls(str(folder / name))
-        except Exception as exc:  # a truncated file, or weights of another network
-            raise PoseSourceError(
-                f"{folder / name}: cannot load OpenPose weights ({type(exc).__name__}: {exc})"
-            ) from None
-        try:
-            model.model.to(device)
-        except (RuntimeError, AssertionError, ValueError) as exc:  # e.g. 'cuda' on a machine without it
-            raise PoseSourceError(f"device {device!r}: cannot run the OpenPose detector there ({exc})") from None
-        return model
-
-    return OpenposeDetector(
-        load(Body, BODY_WEIGHTS),
-        load(Hand, HAND_WEIGHTS) if hands else None,
-        load(Face, FACE_WEIGHTS) if face else None,
-    )
 
 
 def read_video_frames(path: str | Path, *, every_nth: int = 1, max_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -99,82 +60,78 @@ def read_video_frames(path: str | Path, *, every_nth: int = 1, max_frames: int |
         raise PoseSourceError(f"{path}: video has no frames to read")
 
 
-def _points(keypoints: list | None, count: int, size: tuple[int, int]) -> np.ndarray | None:
-    if keypoints is None:
-        return None
-    w, h = size
-    out = np.zeros((count, 3))
-    for i, kp in enumerate(keypoints[:count]):
-        # The detector marks missing hand/face points with negative coordinates.
-        if kp is not None and kp.x >= 0 and kp.y >= 0:
-            out[i] = (kp.x * w, kp.y * h, float(getattr(kp, "score", 1.0)))
-    return out
+def _detector(
+    detector: DetectorKind | PoseDetector | Any | None,
+    detector_dir: str | Path | None,
+    *,
+    hands: bool,
+    face: bool,
+    min_visibility: float,
+    detect_resolution: int | None,
+    device: str,
+) -> PoseDetector:
+    """A detector from a kind name, a ready PoseDetector, or a loaded controlnet_aux OpenposeDetector.
 
-
-def pose_from_detection(results: list, size: tuple[int, int]) -> Pose:
-    """controlnet_aux PoseResults (normalised coordinates) as a Pose on a canvas of `size`."""
-    people = []
-    for r in results:
-        body = _points(r.body.keypoints, 18, size)
-        people.append(
-            Person(
-                body,
-                _points(r.left_hand, HAND_POINTS, size),
-                _points(r.right_hand, HAND_POINTS, size),
-                _points(r.face, FACE_POINTS, size),
-            )
-        )
-    return Pose(tuple(people), size)
-
-
-def detect_pose(
-    detector: Any, frame: np.ndarray, *, hands: bool = False, face: bool = False, detect_resolution: int | None = 512
-) -> Pose:
-    """Detect on one RGB frame, prepared as OpenposeDetector.__call__ does; the Pose is on the frame's canvas."""
-    aux_util = import_quietly("controlnet_aux.util")
-    HWC3, resize_image = aux_util.HWC3, aux_util.resize_image
-
-    frame = HWC3(np.ascontiguousarray(frame, dtype=np.uint8))
-    h, w = frame.shape[:2]
-    work = resize_image(frame, detect_resolution) if detect_resolution else frame
-    results = detector.detect_poses(work, include_hand=hands, include_face=face)
-    return pose_from_detection(results, (w, h))
+    No kind given: OpenPose when a weights folder is given (what these functions always did
+    with one), else the bundled mediapipe detector.
+    """
+    if detector is None or isinstance(detector, str):
+        kind = detector or ("openpose" if detector_dir is not None else "mediapipe")
+        return get_detector(
+            kind, detector_dir, hands=hands, face=face, min_visibility=min_visibility,
+            detect_resolution=detect_resolution, device=device,
+        )  # fmt: skip
+    if hasattr(detector, "detect"):
+        return detector
+    if hasattr(detector, "detect_poses"):  # controlnet_aux's own OpenposeDetector
+        return OpenPoseDetector(None, hands=hands, face=face, detect_resolution=detect_resolution, model=detector)
+    raise PoseSourceError(f"detector must be 'mediapipe', 'openpose' or a detector object, got {type(detector).__name__}")
 
 
 def detect_video_poses(
     path: str | Path,
-    detector_dir: str | Path,
+    detector_dir: str | Path | None = None,
     *,
     every_nth: int = 1,
     max_frames: int | None = None,
     hands: bool = False,
     face: bool = False,
+    min_visibility: float = 0.5,
     detect_resolution: int | None = 512,
     device: str = "cpu",
-    detector: Any = None,
+    detector: DetectorKind | PoseDetector | Any | None = None,
 ) -> PoseSequence:
-    """One Pose per kept video frame, on the video's own canvas."""
+    """One Pose per kept video frame (every `every_nth`, at most `max_frames`), on the video's canvas.
+
+    A frame where nobody is found gives a Pose with no people (an empty pose map), so frame
+    numbers stay aligned with the video.
+    """
     frames = read_video_frames(path, every_nth=every_nth, max_frames=max_frames)
-    first = next(frames)  # decode errors surface before the (slow) weights load
-    detector = detector or load_openpose_detector(detector_dir, hands=hands, face=face, device=device)
-    poses = []
-    for frame in itertools.chain([first], frames):
-        poses.append(detect_pose(detector, frame, hands=hands, face=face, detect_resolution=detect_resolution))
+    first = next(frames)  # decode errors surface before the (slow) detector loads
+    det = _detector(
+        detector, detector_dir, hands=hands, face=face, min_visibility=min_visibility,
+        detect_resolution=detect_resolution, device=device,
+    )  # fmt: skip
+    poses = [det.detect(frame) for frame in itertools.chain([first], frames)]
     seq = PoseSequence(poses)
-    seq.metadata.update({"video": str(path), "every_nth": every_nth})
+    seq.metadata.update({"video": str(path), "every_nth": every_nth, "detector": det.kind})
     return seq
 
 
 def detect_image_pose(
     image: Image.Image | np.ndarray,
-    detector_dir: str | Path,
+    detector_dir: str | Path | None = None,
     *,
     hands: bool = False,
     face: bool = False,
+    min_visibility: float = 0.5,
     detect_resolution: int | None = 512,
     device: str = "cpu",
+    detector: DetectorKind | PoseDetector | Any | None = None,
 ) -> Pose:
     """The pose in one picture (e.g. the source image, as a `retarget` reference)."""
-    detector = load_openpose_detector(detector_dir, hands=hands, face=face, device=device)
-    frame = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
-    return detect_pose(detector, frame, hands=hands, face=face, detect_resolution=detect_resolution)
+    det = _detector(
+        detector, detector_dir, hands=hands, face=face, min_visibility=min_visibility,
+        detect_resolution=detect_resolution, device=device,
+    )  # fmt: skip
+    return det.detect(image)
