@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup system-deps test test-fast demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: setup
+# PostgreSQL for tests/test_distributed_postgres.py (the several-machine path of deploy/). CI runs as
+# root on a clean Debian: install it once; elsewhere (not root, no apt) the test skips and says why.
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	else echo "PostgreSQL not installed and cannot install it here: the PostgreSQL end-to-end test will skip"; fi
+
+test: setup system-deps
 	$(VENV)/bin/python -m pytest -q -rs
 
 test-fast: setup
