@@ -590,8 +590,8 @@ def compute_job_metrics(
     pooled_dist: list[tuple[float, int]] = []
     if poses is not None and detector is not None:
         for k, row in enumerate(rows):
-            if poses[k] is None:
-                continue
+            if poses[k] is None or not any((_body(p)[:, 2] > 0).any() for p in poses[k].people):
+                continue  # nothing requested in this frame: no detection, no score
             found = detector.detect(Image.fromarray(frames[k]))
             score = pose_fidelity(poses[k].fit_to((width, height), "stretch"), found)
             row.pose_pck, row.pose_mean_distance_px, row.pose_points = score.pck, score.mean_distance, score.requested

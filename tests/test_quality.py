@@ -232,13 +232,13 @@ def test_job_metrics_of_a_translated_sequence(tmp_path):
 def test_job_metrics_with_poses_and_a_stub_detector(tmp_path):
     size = (64, 64)  # diagonal 90.5 px -> 4.5 px
     pts = {0: (32, 10), 1: (32, 20), 2: (22, 20), 5: (42, 20)}
-    requested = [pose(pts, size) for _ in range(3)]
+    requested = [pose(pts, size) for _ in range(3)] + [Pose((), size)]  # the last frame requests nobody
     detector = StubDetector([pose(pts, size), pose(pts, size, dx=6.0), Pose((), size)])
-    job_dir = make_job(tmp_path, translated(3), poses=requested)
+    job_dir = make_job(tmp_path, translated(4), poses=requested)
     m = quality.compute_job_metrics(job_dir, detector=detector)
     assert detector.calls == 3
-    assert [r.pose_pck for r in m.frames] == [1.0, 0.0, 0.0]
-    assert [r.pose_points for r in m.frames] == [4, 4, 4]
+    assert [r.pose_pck for r in m.frames] == [1.0, 0.0, 0.0, None]
+    assert [r.pose_points for r in m.frames] == [4, 4, 4, None]
     assert m.summary.pose_pck == pytest.approx(4 / 12)
     assert m.summary.pose_mean_distance_px == pytest.approx(3.0)  # 4 points at 0 px, 4 at 6 px
     assert "pose" not in m.not_measured and m.method["detector"] == "stub"
