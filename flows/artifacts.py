@@ -4,7 +4,7 @@ hands them to Prefect.
 
 Links go through ``flows.media.media_url``: with ``MASACTRL_MEDIA_URL`` set (``masactrl-animate
 serve`` sets it for its media server) the GIF and the contact sheet appear inline in the UI and
-every frame has a thumbnail; without it they are ``file://`` links, which browsers do not open
+every frame has a thumbnail and a link; without it they are ``file://`` links, which browsers do not open
 from an http page.
 """
 
@@ -22,6 +22,7 @@ from .media import media_url
 
 HASH_CHARS = 16  # job folders and artifact keys use the first 16 hex digits of the job hash
 _NAME_CHARS = 40  # of the job name in a key: keys stay readable in the UI's lists
+MAX_THUMBNAILS = 48  # frames shown inline on the outputs page (the contact sheet shows them all)
 
 ProgressStatus = Literal["running", "done", "cancelled", "failed"]
 
@@ -118,8 +119,8 @@ def _md_link_text(text: Any) -> str:
 def outputs_markdown(result: Any) -> str:
     """The outputs page of a finished job (an ``AnimationResult`` or its dict).
 
-    The GIF (else the MP4's contact sheet) and the contact sheet are inline images; every output
-    is a link; then timings and UNet calls.
+    The GIF, the pose | frame preview and the contact sheet are inline images, then thumbnails of
+    the frames (each a link to the full PNG); every output is a link; then timings and UNet calls.
     """
     job_hash = _get(result, "job_hash")
     job_dir = _get(result, "job_dir")
@@ -143,6 +144,12 @@ def outputs_markdown(result: Any) -> str:
     sheet = _get(result, "contact_sheet")
     if sheet:
         lines += [f"![contact sheet]({media_url(sheet, root)})", ""]
+    frame_files = list(_get(result, "frames") or [])
+    if frame_files:
+        shown = frame_files[:MAX_THUMBNAILS]
+        lines += ["## Frames", "", " ".join(thumbnail_markdown(f, root, Path(f).stem) for f in shown), ""]
+        if len(frame_files) > len(shown):
+            lines += [f"The first {len(shown)} of {len(frame_files)} frames; all are in the frames table.", ""]
     lines += ["| output | file |", "| --- | --- |"]
     for key, path in sorted(outputs.items()):
         lines.append(f"| {_md_text(key)} | [{_md_link_text(path)}]({media_url(path, root)}) |")
@@ -160,13 +167,18 @@ def outputs_markdown(result: Any) -> str:
 
 
 def thumbnail_markdown(path: str | os.PathLike, root: str | os.PathLike | None, alt: str) -> str:
-    """A thumbnail that links to the full picture (markdown renders in table cells of the UI)."""
+    """A small inline picture that links to the full one (for markdown artifacts)."""
     url = media_url(path, root)
     return f"[![{_md_link_text(alt)}]({url})]({url})"
 
 
+def frame_link_markdown(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+    """A link to one frame for a table cell: Prefect's UI renders links in table cells, not images."""
+    return f"[{_md_link_text(Path(path).name)}]({media_url(path, root)})"
+
+
 def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iterable[Any]) -> list[dict]:
-    """One row per planned frame: index, thumbnail, prompt, pose, file, url, seconds, status.
+    """One row per planned frame: index, frame (a link to the PNG), prompt, pose, file, url, seconds, status.
 
     ``frames`` are the plan's frames (``index``, ``prompt``, ``pose``); ``reports`` the render
     chunks' reports, objects or dicts (``rendered`` indices, ``frame_seconds`` by index).
@@ -184,7 +196,7 @@ def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iter
         path = frames_io.frame_path(job_dir, index)
         rows.append({
             "index": index,
-            "thumbnail": thumbnail_markdown(path, root, f"frame {index}"),
+            "frame": frame_link_markdown(path, root),
             "prompt": _get(f, "prompt"),
             "pose": Path(pose).name if pose else "",
             "file": str(path),
@@ -221,10 +233,10 @@ def publish_outputs(result: Any, frames: Iterable[Any], reports: Iterable[Any],
     key = artifact_key("frames", job_hash, job_name)
     ids[key] = create_table_artifact(
         key=key, table=frame_table(frames, job_dir, reports),
-        description=f"Frames of job {label}: thumbnail, prompt, pose, file, seconds",
+        description=f"Frames of job {label}: link, prompt, pose, file, seconds",
     )
     view = dict(result) if isinstance(result, Mapping) else {
-        k: _get(result, k) for k in ("job_hash", "job_dir", "frame_count", "frames_rendered", "frames_skipped",
+        k: _get(result, k) for k in ("job_hash", "job_dir", "frames", "frame_count", "frames_rendered", "frames_skipped",
                                      "inversion_cached", "gif", "mp4", "contact_sheet", "side_by_side", "outputs",
                                      "timings", "unet_calls")
     }

@@ -74,7 +74,8 @@ def _result(job_dir: Path, **extra) -> dict:
     return {
         "job_hash": HASH, "job_dir": str(job_dir), "frame_count": 4, "frames_rendered": 3, "frames_skipped": 1,
         "inversion_cached": False, "side_by_side": None, "outputs": out, "timings": {"render": 1.234},
-        "unet_calls": {"frame_calls": 8}, **out, **extra,
+        "unet_calls": {"frame_calls": 8}, **out,
+        "frames": [str(job_dir / "frames" / f"frame_{i:04d}.png") for i in range(4)], **extra,
     }
 
 
@@ -87,6 +88,9 @@ def test_outputs_markdown_shows_the_animation_inline(media, tmp_path):
     assert f"[{job_dir / 'animation.mp4'}](http://media.test:4300/{HASH[:16]}/animation.mp4)" in text
     assert "3 rendered now, 1 already on disk" in text and "| render | 1.23 |" in text
     assert "file://" not in text
+    # thumbnails of the frames, each linking to the full frame
+    thumb = f"http://media.test:4300/{HASH[:16]}/frames/frame_0002.png"
+    assert f"[![frame_0002]({thumb})]({thumb})" in text
     # the image comes before the tables: it is what a person opens the page for
     assert text.index("![animation]") < text.index("| output |")
 
@@ -95,6 +99,13 @@ def test_outputs_markdown_without_media_url_links_files(no_media, tmp_path):
     job_dir = tmp_path / "out" / HASH[:16]
     text = outputs_markdown(_result(job_dir))
     assert f"![animation]({(job_dir / 'animation.gif').as_uri()})" in text
+
+
+def test_outputs_markdown_caps_the_thumbnails(media, tmp_path):
+    job_dir = tmp_path / "out" / HASH[:16]
+    frames = [str(job_dir / "frames" / f"frame_{i:04d}.png") for i in range(60)]
+    text = outputs_markdown(_result(job_dir, frames=frames, frame_count=60))
+    assert text.count("![frame_") == 48 and "The first 48 of 60 frames" in text
 
 
 def test_outputs_markdown_side_by_side_and_no_gif(media, tmp_path):
@@ -113,7 +124,7 @@ def test_frame_table_rows_with_thumbnails(media, tmp_path):
     rows = frame_table(frames, job_dir, reports)
     assert [r["index"] for r in rows] == [0, 1, 2]
     url = f"http://media.test:4300/{HASH[:16]}/frames/frame_0001.png"
-    assert rows[1]["thumbnail"] == f"[![frame 1]({url})]({url})"
+    assert rows[1]["frame"] == f"[frame_0001.png]({url})"  # the UI renders links in table cells
     assert rows[1]["url"] == url and rows[1]["file"] == str(job_dir / "frames" / "frame_0001.png")
     assert rows[1]["pose"] == "pose_0001.png" and rows[0]["pose"] == ""
     assert rows[1]["seconds"] == 0.512 and rows[0]["seconds"] == 0.0
