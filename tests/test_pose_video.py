@@ -82,7 +82,9 @@ def test_detector_loads_the_saved_weights(detector_dir):
 
 def test_video_through_load_runs_the_detector_once_per_kept_frame(video, detector_dir, counted):
     # every 3rd frame, at most 2: frames 0 and 3 (the random-weight network costs ~0.5 s a call)
-    spec = VideoSpec(path=str(video), detector_dir=str(detector_dir), every_nth=3, max_frames=2, detect_resolution=64)
+    spec = VideoSpec(
+        path=str(video), detector="openpose", detector_dir=str(detector_dir), every_nth=3, max_frames=2, detect_resolution=64
+    )
     seq = load(spec, size=(32, 24))
     assert isinstance(seq, PoseSequence)
     assert len(seq) == 2 and len(counted) == 2
@@ -90,7 +92,7 @@ def test_video_through_load_runs_the_detector_once_per_kept_frame(video, detecto
     assert [img.shape for img in counted] == [(64, 64, 3)] * 2
     # the frames' red level tells which video frames were used (30 per frame index)
     assert [int(round(img[2:8, 2:8, 0].mean() / 30)) for img in counted] == [0, 3]
-    assert seq.canvas == (32, 24) and seq.metadata["every_nth"] == 3
+    assert seq.canvas == (32, 24) and seq.metadata["every_nth"] == 3 and seq.metadata["detector"] == "openpose"
     maps = seq.render((32, 24))
     assert len(maps) == 2 and all(m.size == (32, 24) and m.mode == "RGB" for m in maps)
 
