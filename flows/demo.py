@@ -54,7 +54,8 @@ def demo_jobs(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict[st
             name="astronaut-walk",
             source={"image": str(sources["astronaut"]), "prompt": "a photo of an astronaut"},
             frames={"prompts": ["a photo of an astronaut walking"],
-                    "poses": {"kind": "openpose_json", "path": str(walk)}},
+                    # moved onto the astronaut detected in the source (the flow passes the fitted source)
+                    "poses": {"kind": "openpose_json", "path": str(walk), "retarget": "source"}},
             model={"model": "tiny", "controlnet": "tiny"},
             settings=settings,
             output=output,

@@ -26,6 +26,7 @@ POSE_PATH_FIELDS = {
     "openpose_json": ("path",),
     "images": ("source",),
     "video": ("path", "detector_dir"),
+    "image": ("path", "detector_dir"),
     "keyframes": ("keyframes",),
 }
 
