@@ -119,8 +119,8 @@ def _md_link_text(text: Any) -> str:
 def outputs_markdown(result: Any) -> str:
     """The outputs page of a finished job (an ``AnimationResult`` or its dict).
 
-    The GIF, the pose | frame preview and the contact sheet are inline images, then thumbnails of
-    the frames (each a link to the full PNG); every output is a link; then timings and UNet calls.
+    The GIF, the pose | frame preview and the contact sheet are inline images, then the frames
+    themselves; every output is a link; then timings and UNet calls.
     """
     job_hash = _get(result, "job_hash")
     job_dir = _get(result, "job_dir")
@@ -167,9 +167,9 @@ def outputs_markdown(result: Any) -> str:
 
 
 def thumbnail_markdown(path: str | os.PathLike, root: str | os.PathLike | None, alt: str) -> str:
-    """A small inline picture that links to the full one (for markdown artifacts)."""
-    url = media_url(path, root)
-    return f"[![{_md_link_text(alt)}]({url})]({url})"
+    """An inline picture for markdown artifacts. A plain image: the UI's markdown renders an image
+    wrapped in a link (``[![alt](url)](url)``) as text, so the frames table carries the links."""
+    return f"![{_md_link_text(alt)}]({media_url(path, root)})"
 
 
 def frame_link_markdown(path: str | os.PathLike, root: str | os.PathLike | None) -> str:

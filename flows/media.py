@@ -168,6 +168,16 @@ class MediaHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         logger.debug("%s %s", self.address_string(), format % args)
 
+    def log_request(self, code="-", size="-") -> None:
+        """One access line per answer: on stderr for the standalone server, else the debug log."""
+        agent = self.headers.get("User-Agent", "-") if getattr(self, "headers", None) else "-"
+        status = getattr(code, "value", code)
+        line = f'"{self.requestline}" {status} {size} "{agent}"'
+        if self.server.access_log:
+            sys.stderr.write(f"{self.address_string()} - [{self.log_date_time_string()}] {line}\n")
+        else:
+            logger.debug("%s %s", self.address_string(), line)
+
     def _plain(self, status: HTTPStatus, text: str, headers: Optional[dict] = None, body: bool = True) -> None:
         data = (text + "\n").encode("utf-8")
         self.send_response(status)
@@ -297,6 +307,7 @@ class MediaServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], root: Path, auth: Optional[str] = None):
         self.root = root
         self.auth = auth or None
+        self.access_log = False  # one line per request on stderr (the standalone server turns it on)
         super().__init__(address, MediaHandler)
 
 
@@ -371,6 +382,7 @@ def serve_media_forever(root: str | os.PathLike, host: str = "127.0.0.1", port: 
                         auth: Optional[str] = None) -> None:
     """Serve ``root`` in the foreground until interrupted (the ``media`` command and service)."""
     server = make_media_server(root, host, port, auth)
+    server.access_log = True
     bound_host, bound_port = server.server_address[:2]
     print(f"media server: {server.root} on http://{bound_host}:{bound_port}/"
           f"{' (basic auth)' if server.auth else ''}", flush=True)
