@@ -23,13 +23,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# PostgreSQL for tests/test_distributed_postgres.py (the several-machine path of deploy/). CI runs as
-# root on a clean Debian: install it once; elsewhere (not root, no apt) the test skips and says why.
+# PostgreSQL for tests/test_distributed_postgres.py (the several-machine path of deploy/) and Chromium
+# for tests/test_ui_browser.py. CI runs as root on a clean Debian: install them once; elsewhere (not
+# root, no apt) those tests skip and say why.
 system-deps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	else echo "PostgreSQL not installed and cannot install it here: the PostgreSQL end-to-end test will skip"; fi
+	@# Chromium and its driver for tests/test_ui_browser.py (the animation in the Prefect UI).
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null; \
+	else echo "Chromium/chromedriver not installed and cannot install them here: the browser test will skip"; fi
 
 test: setup system-deps
 	$(VENV)/bin/python -m pytest -q -rs
