@@ -14,6 +14,7 @@ from typing import Optional
 from uuid import UUID
 
 from prefect import flow
+from prefect.states import Failed
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -24,18 +25,15 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from . import frames_io, progress, rendering
-from .job import AnimationJob
+from .job import AnimationJob, describe_validation_error
+from .models import TINY_NOTE, is_tiny
 from .plan import ChunkRequest, JobPlan
+from .rendering import ChunkReport
 from .runners import claim_gpu, make_task_runner, runner_settings_from_env, settings_for_execution
 from .tasks import invert_source, render_chunk, resolve_job, stitch
-
-UNET_COUNTS = (
-    "inversion_calls", "inversion_samples", "source_calls", "source_samples", "frame_calls", "frame_samples",
-    "generation_calls", "generation_samples", "controlnet_calls", "controlnet_samples",
-)
 
 
 class AnimationResult(BaseModel):
@@ -55,7 +53,9 @@ class AnimationResult(BaseModel):
     frames_rendered: int
     frames_skipped: int = Field(description="Frames already on disk (earlier or interrupted runs).")
     timings: dict[str, float] = Field(description="Seconds per stage: resolve, invert, render, stitch, total.")
-    unet_calls: dict[str, int] = Field(description="Engine UNet calls/samples by purpose, for this run only.")
+    unet_calls: dict[str, int] = Field(description="Engine UNet calls/samples by purpose (masactrl_engine.EngineStats), "
+                                       "for this run only.")
+    notes: list[str] = Field(default_factory=list, description="What a person should know about these frames.")
 
 
 def task_runner_for(job: AnimationJob) -> TaskRunner:
@@ -72,12 +72,18 @@ def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:
         total[k] = total.get(k, 0) + int(v)
 
 
+def _zero_counts() -> dict[str, int]:
+    from masactrl_engine import EngineStats
+
+    return EngineStats().as_dict()
+
+
 @flow(name="render-frames", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUID] = None) -> list[dict]:
+def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUID] = None) -> list[ChunkReport]:
     """Fan the chunks out to the task runner; report progress as they finish."""
     logger = get_run_logger()
     total = sum(len(c.frames) for c in chunks)
-    done = sum(len(c.frames) - len(frames_io.missing_frames(c.job_dir, [f.index for f in c.frames], (c.width, c.height)))
+    done = sum(len(c.frames) - len(frames_io.missing_frames(c.job_dir, [f.index for f in c.frames], c.size))
                for c in chunks)
     logger.info("Rendering %d frames in %d chunk(s); %d already on disk", total, len(chunks), done)
     with claim_gpu():  # under Dask: each chunk needs a worker's GPU resource, one at a time
@@ -86,13 +92,13 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
     with progress.frame_bar(total, initial=done) as bar:
         for future in as_completed(list(futures)):
             outcome = future.result(raise_on_failure=False)
-            if isinstance(outcome, BaseException) or not isinstance(outcome, dict):
+            if not isinstance(outcome, ChunkReport):
                 failures.append(outcome)
                 logger.error("A render chunk failed: %s", outcome)
                 continue
             reports.append(outcome)
-            done += len(outcome["rendered"])
-            bar.update(len(outcome["rendered"]))
+            done += len(outcome.rendered)
+            bar.update(len(outcome.rendered))
             if progress_artifact_id is not None:
                 update_progress_artifact(progress_artifact_id, progress=100.0 * done / max(total, 1))
     if failures:
@@ -100,15 +106,15 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
             f"{len(failures)} of {len(chunks)} render chunk(s) failed ({failures[0]}); the frames already "
             "written are kept: run the same job again to render only the missing ones"
         )
-    return sorted(reports, key=lambda r: r["index"])
+    return sorted(reports, key=lambda r: r.index)
 
 
-def _frame_table(plan: JobPlan, reports: list[dict]) -> list[dict]:
+def _frame_table(plan: JobPlan, reports: list[ChunkReport]) -> list[dict]:
     seconds: dict[int, float] = {}
     rendered: set[int] = set()
     for r in reports:
-        rendered.update(r["rendered"])
-        seconds.update({int(k): float(v) for k, v in r["frame_seconds"].items()})
+        rendered.update(r.rendered)
+        seconds.update(r.frame_seconds)
     return [
         {
             "index": f.index,
@@ -142,34 +148,47 @@ def _outputs_markdown(result: AnimationResult) -> str:
     return "\n".join(lines)
 
 
-@flow(name="animate", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json")
+# validate_parameters=False: the job is validated first thing in the body instead, so that an
+# invalid job from the UI form fails the run with the validation message as its state message
+# rather than a traceback.
+@flow(name="animate", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json",
+      validate_parameters=False)
 def animate(job: AnimationJob) -> AnimationResult:
     """Render a consistent animation of the source picture's subject (MasaCtrl + ControlNet OpenPose)."""
     logger = get_run_logger()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    try:
+        job = AnimationJob.model_validate(job.model_dump() if isinstance(job, AnimationJob) else job)
+    except ValidationError as exc:
+        message = "Invalid job: " + "; ".join(describe_validation_error(exc))
+        logger.error(message)
+        return Failed(message=message)
+    notes = [TINY_NOTE.format(name=job.model.model)] if is_tiny(job.model) else []
+    for note in notes:
+        logger.warning(note)
 
     plan = resolve_job(job)
     timings["resolve"] = time.perf_counter() - t_start
     key = plan.job_hash[:16]
     progress_id = create_progress_artifact(0.0, key=f"progress-{key}", description=f"Frames of job {key}")
 
+    with rendering.folder_lock(Path(plan.job_dir)):  # an identical run waits, then reuses these frames
+        return _render_and_stitch(job, plan, progress_id, notes, timings, t_start)
+
+
+def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, notes: list[str],
+                       timings: dict[str, float], t_start: float) -> AnimationResult:
+    logger = get_run_logger()
+    key = plan.job_hash[:16]
     t = time.perf_counter()
-    state = invert_source(plan.inversion, return_state=True)
-    inversion = state.result()  # raises when the task failed
-    cached = state.name == "Cached"
-    if cached and not rendering.inversion_ready(inversion["path"]):
-        logger.warning("Cached inversion %s is gone from disk; inverting again", inversion["path"])
-        inversion = invert_source.with_options(refresh_cache=True)(plan.inversion)
-        cached = False
-    cached = cached or not inversion["computed"]
+    inversion = invert_source(plan.inversion)
     timings["invert"] = time.perf_counter() - t
-    unet_calls = {k: 0 for k in UNET_COUNTS}
-    if not cached:
-        _add_counts(unet_calls, inversion["stats"])
+    unet_calls = _zero_counts()
+    _add_counts(unet_calls, inversion.stats)
 
     t = time.perf_counter()
-    chunks = plan.chunks(job.output.chunk_size, job.settings.batch_size, inversion["path"])
+    chunks = plan.chunks(job.execution.chunk_size, job.execution.batch_size, inversion.path)
     try:
         reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id)
     except Exception:
@@ -178,7 +197,7 @@ def animate(job: AnimationJob) -> AnimationResult:
         raise
     timings["render"] = time.perf_counter() - t
     for r in reports:
-        _add_counts(unet_calls, r["stats"])
+        _add_counts(unet_calls, r.stats)
 
     t = time.perf_counter()
     outputs = stitch(plan.frame_paths(), plan.job_dir, job.output.fps, job.output.gif, job.output.mp4,
@@ -186,7 +205,7 @@ def animate(job: AnimationJob) -> AnimationResult:
     timings["stitch"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
-    rendered = sum(len(r["rendered"]) for r in reports)
+    rendered = sum(len(r.rendered) for r in reports)
     result = AnimationResult(
         job_hash=plan.job_hash,
         job_dir=plan.job_dir,
@@ -197,12 +216,13 @@ def animate(job: AnimationJob) -> AnimationResult:
         contact_sheet=outputs.get("contact_sheet"),
         side_by_side=outputs.get("side_by_side_gif") or outputs.get("side_by_side_mp4") or outputs.get("side_by_side_png"),
         outputs=outputs,
-        inversion_dir=inversion["path"],
-        inversion_cached=cached,
+        inversion_dir=inversion.path,
+        inversion_cached=not inversion.computed,
         frames_rendered=rendered,
         frames_skipped=len(plan.frames) - rendered,
         timings={k: round(v, 3) for k, v in timings.items()},
         unet_calls=unet_calls,
+        notes=notes,
     )
     _publish(result, plan, reports, progress_id)
     frames_io.write_json_atomic(Path(plan.job_dir) / frames_io.RESULT_FILE, result.model_dump(mode="json"))
@@ -212,11 +232,11 @@ def animate(job: AnimationJob) -> AnimationResult:
 
 
 def _done_percent(plan: JobPlan) -> float:
-    missing = frames_io.missing_frames(plan.job_dir, [f.index for f in plan.frames], (plan.width, plan.height))
+    missing = frames_io.missing_frames(plan.job_dir, [f.index for f in plan.frames], plan.size)
     return 100.0 * (len(plan.frames) - len(missing)) / max(len(plan.frames), 1)
 
 
-def _publish(result: AnimationResult, plan: JobPlan, reports: list[dict], progress_id: UUID) -> None:
+def _publish(result: AnimationResult, plan: JobPlan, reports: list[ChunkReport], progress_id: UUID) -> None:
     key = plan.job_hash[:16]
     update_progress_artifact(progress_id, progress=100.0, description=f"Frames of job {key}: done")
     create_table_artifact(

@@ -47,8 +47,9 @@ def demo_jobs(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict[st
     if not walk.is_dir():
         raise FileNotFoundError(f"{walk}: the walk-cycle poses are missing; run the demo from a checkout of the project")
     sources = write_demo_sources(out / "inputs")
-    settings = {"width": size, "height": size, "steps": steps, "start_step": min(2, steps - 1), "batch_size": 4}
-    output = {"folder": str(out), "fps": 8, "chunk_size": 4}
+    settings = {"width": size, "height": size, "steps": steps, "start_step": min(2, steps - 1)}
+    output = {"folder": str(out), "fps": 8}
+    execution = {"chunk_size": 4, "batch_size": 4}
     return {
         "astronaut-walk": AnimationJob(
             name="astronaut-walk",
@@ -59,6 +60,7 @@ def demo_jobs(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict[st
             model={"model": "tiny", "controlnet": "tiny"},
             settings=settings,
             output=output,
+            execution=execution,
         ),
         "cat-prompts": AnimationJob(
             name="cat-prompts",
@@ -67,6 +69,7 @@ def demo_jobs(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict[st
             model={"model": "tiny"},
             settings=settings,
             output=output,
+            execution=execution,
         ),
     }
 

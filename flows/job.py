@@ -11,15 +11,20 @@ sizes, bounds, cross-field rules. Every error names its field (``source.image``,
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pose_sources import PoseSpec
 
 TINY = "tiny"
+# The tiny offline checkpoints (random weights, noise by design) by name, and their model family.
+TINY_MODELS = {"tiny": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl", "tiny-sdxl-turbo": "sdxl-turbo"}
+MODEL_ENV = "MASACTRL_MODEL"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -27,6 +32,35 @@ _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 class _Model(BaseModel):
     # Unknown keys are errors: a typo such as `fsp: 12` must not be silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NotHashed:
+    """Field marker: this field is not part of the content hashes (the job folder, which is the
+    frame cache). Either it cannot change a pixel (device, runner, file formats), or its content
+    is hashed instead of its value (an image's bytes rather than its path)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def pixel_dump(model: BaseModel) -> dict[str, Any]:
+    """``model_dump(mode="json")`` without the fields marked :class:`NotHashed`, recursively.
+
+    Content hashes are computed from this, never from a hand-written list of fields, so a new
+    setting is hashed the moment it exists.
+    """
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        if any(isinstance(m, NotHashed) for m in info.metadata):
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out[name] = pixel_dump(value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, BaseModel) for v in value):
+            out[name] = [pixel_dump(v) for v in value]
+        else:
+            out[name] = model.model_dump(mode="json", include={name})[name]
+    return out
 
 
 def _looks_local(text: str) -> bool:
@@ -39,7 +73,7 @@ def check_model_source(text: str, what: str, want: str) -> str:
     text = text.strip()
     if not text:
         raise ValueError(f"empty; give {want}")
-    if text == TINY:
+    if text in TINY_MODELS:
         return text
     if _looks_local(text):
         path = Path(text).expanduser()
@@ -74,7 +108,9 @@ def check_output_folder(path: Path) -> Path:
 class SourceSpec(_Model):
     """The one picture whose subject every frame keeps."""
 
-    image: Optional[Path] = Field(
+    model_config = ConfigDict(title="Source picture")
+
+    image: Annotated[Optional[Path], NotHashed("its bytes are hashed, not its path")] = Field(
         None,
         description="The source picture (PNG, JPEG, WebP ...). Leave empty to generate the source from "
         "`prompt` and `seed` first (MasaCtrl's synthesis mode).",
@@ -137,8 +173,24 @@ class SourceSpec(_Model):
         return self
 
 
+class FrameOverride(_Model):
+    """One frame that differs from the rest."""
+
+    model_config = ConfigDict(title="Frame override")
+
+    index: int = Field(ge=0, strict=True, description="Which frame (0 = the first).")
+    prompt: Optional[str] = Field(None, max_length=2000, description="This frame's prompt instead of the sequence's.")
+    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1, strict=True,
+                                description="This frame's own start noise (settings.frame_start 'noise').")
+    controlnet_scale: Optional[float] = Field(
+        None, ge=0.0, le=5.0, description="This frame's ControlNet scale, e.g. to fade a pose in or out (0 = no pose)."
+    )
+
+
 class FramesSpec(_Model):
     """What the frames show: prompts, poses, or both."""
+
+    model_config = ConfigDict(title="Frames")
 
     prompts: list[Annotated[str, Field(max_length=2000)]] = Field(
         default_factory=list,
@@ -152,6 +204,11 @@ class FramesSpec(_Model):
         "driving video or keyframes). With several prompts the counts must match.",
     )
 
+    overrides: list[FrameOverride] = Field(
+        default_factory=list, max_length=10000,
+        description="Frames that differ from the rest: their own prompt, seed or ControlNet scale.",
+    )
+
     @field_validator("prompts", mode="before")
     @classmethod
     def _one_prompt(cls, value):
@@ -161,6 +218,11 @@ class FramesSpec(_Model):
     def _something_to_render(self):
         if not self.prompts and self.poses is None:
             raise ValueError("frames.prompts: give at least one prompt (or frames.poses to drive the frames by poses)")
+        seen = set()
+        for k, override in enumerate(self.overrides):
+            if override.index in seen:
+                raise ValueError(f"frames.overrides[{k}].index: frame {override.index} is overridden twice; merge them")
+            seen.add(override.index)
         return self
 
     def prompts_for(self, pose_count: Optional[int], source_prompt: str) -> list[str]:
@@ -180,27 +242,73 @@ class FramesSpec(_Model):
         return list(self.prompts)
 
 
-class ModelSpec(_Model):
-    """Which Stable Diffusion 1.x checkpoint (and OpenPose ControlNet) renders the frames."""
+class LoraSpec(_Model):
+    """A LoRA fine-tune fused into the checkpoint's weights."""
 
-    model: str = Field(
-        TINY,
-        description="Stable Diffusion 1.x checkpoint: a local diffusers folder, a hub id such as "
-        "'stable-diffusion-v1-5/stable-diffusion-v1-5', or 'tiny' (a tiny offline model for tests and demos).",
+    model_config = ConfigDict(title="LoRA")
+
+    path: Annotated[str, NotHashed("hashed by content: the file's sha256")] = Field(
+        description="A local .safetensors file, a folder holding pytorch_lora_weights.safetensors, or a hub id.",
+    )
+    scale: float = Field(1.0, ge=-5.0, le=5.0, description="How strongly it applies (1 = as trained, 0 = not at all).")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("empty; give a .safetensors file, a LoRA folder or a hub id")
+        if _looks_local(value):
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise ValueError(f"{value!r} does not exist; give a .safetensors file or a LoRA folder")
+            return str(path.absolute())
+        if not _HUB_ID.match(value):
+            raise ValueError(f"{value!r} is neither an existing file nor a hub id like 'owner/name'")
+        return value
+
+
+class ModelSpec(_Model):
+    """Which Stable Diffusion checkpoint (and OpenPose ControlNet) renders the frames."""
+
+    model_config = ConfigDict(title="Model")
+
+    model: Optional[str] = Field(
+        None,
+        validate_default=True,
+        description="Stable Diffusion checkpoint: a local diffusers folder or a hub id such as "
+        "'stable-diffusion-v1-5/stable-diffusion-v1-5'. Empty: the deployment's default ($MASACTRL_MODEL). "
+        "'tiny' is a tiny offline model with random weights for tests and demos: it draws noise by design.",
     )
     controlnet: Optional[str] = Field(
         None,
         description="OpenPose ControlNet: a local folder, a hub id such as 'lllyasviel/sd-controlnet-openpose', or "
         "'tiny' (with the tiny model). Needed when frames.poses is set.",
     )
-    device: Optional[str] = Field(None, description="Torch device: 'cuda', 'cuda:1', 'cpu'. Empty = CUDA when available.")
+    device: Annotated[Optional[str], NotHashed("the device changes float noise, not the frames")] = Field(
+        None, description="Torch device: 'cuda', 'cuda:1', 'cpu'. Empty = CUDA when available."
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights' precision: 'auto' = float16 on CUDA, float32 on CPU."
     )
+    loras: list[LoraSpec] = Field(
+        default_factory=list, max_length=16,
+        description="LoRA fine-tunes fused into the model once per worker process; each must be made for the "
+        "model's family (SD 1.x, SD 2.x or SDXL).",
+    )
 
-    @field_validator("model")
+    @field_validator("model", mode="before")
     @classmethod
-    def _model(cls, value: str) -> str:
+    def _model(cls, value: Optional[str]) -> str:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            value = os.environ.get(MODEL_ENV, "").strip()
+            if not value:
+                raise ValueError(
+                    f"no checkpoint named; set model.model to a diffusers folder or a hub id such as "
+                    f"'stable-diffusion-v1-5/stable-diffusion-v1-5' (or set {MODEL_ENV} as the deployment's default)"
+                )
+        if not isinstance(value, str):
+            raise ValueError(f"expected a folder or hub id as text, got {type(value).__name__}")
         return check_model_source(value, "checkpoint", "a checkpoint folder, a hub id or 'tiny'")
 
     @field_validator("controlnet")
@@ -221,30 +329,74 @@ class ModelSpec(_Model):
 
     @model_validator(mode="after")
     def _tiny_pairs(self):
-        if self.controlnet == TINY and self.model != TINY:
-            raise ValueError("model.controlnet: 'tiny' only fits model 'tiny'; give an OpenPose ControlNet for this checkpoint")
+        if self.controlnet == TINY and self.model not in TINY_MODELS:
+            raise ValueError("model.controlnet: 'tiny' only fits the tiny models; give an OpenPose ControlNet for this "
+                             "checkpoint")
         return self
 
 
 class RenderSettings(_Model):
-    """Sampler and MasaCtrl settings shared by every frame."""
+    """Sampler and MasaCtrl settings shared by every frame: everything here changes pixels.
+
+    Field names follow ``masactrl_engine.ControlConfig`` (``steps`` is its ``num_steps``), and
+    the engine's config is derived from this model mechanically (``flows.plan.control_config``).
+    """
+
+    model_config = ConfigDict(title="Render settings")
 
     width: int = Field(512, ge=64, le=2048, multiple_of=8, description="Frame width in pixels (multiple of 8).")
     height: int = Field(512, ge=64, le=2048, multiple_of=8, description="Frame height in pixels (multiple of 8).")
     steps: int = Field(50, ge=1, le=1000, description="DDIM denoising steps (inversion uses the same number).")
-    guidance_scale: float = Field(7.5, ge=1.0, le=30.0, description="Classifier-free guidance scale (1 = none).")
+    guidance_scale: float = Field(
+        7.5, ge=0.0, le=30.0,
+        description="Classifier-free guidance scale. At 1 or below guidance is off: one UNet sample per frame and "
+        "step instead of a pair (few-step models such as SDXL-Turbo use 0).",
+    )
     start_step: int = Field(
         4, ge=0, le=999, description="MasaCtrl control starts at this denoising step (must be below `steps`)."
     )
     start_layer: int = Field(
-        10, ge=0, le=15, description="MasaCtrl control acts in transformer blocks from this index on (SD 1.x: 0-15)."
+        10, ge=0, le=999,
+        description="MasaCtrl control acts in transformer blocks from this index on, counted in execution order: "
+        "SD 1.x/2.x have 0-15 (published default 10), SDXL 0-69 (published SDXL script: 44, 54 or 64). Checked "
+        "against the model when the job is resolved.",
     )
     source_correction: bool = Field(
         True, description="Keep the source branch on the inversion trajectory (reproduces the source exactly)."
     )
     controlnet_scale: float = Field(1.0, ge=0.0, le=5.0, description="ControlNet conditioning scale for the poses.")
+    controlnet_start: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Poses guide the frames from this fraction of the steps on (0 = from the start)."
+    )
+    controlnet_end: float = Field(
+        1.0, gt=0.0, le=1.0, description="...and until this fraction of the steps (1 = to the end). Must exceed the start."
+    )
     negative_prompt: str = Field("", max_length=2000, description="Negative prompt for classifier-free guidance.")
-    batch_size: int = Field(4, ge=1, le=64, description="Frames per UNet batch inside a chunk (lower it on small GPUs).")
+    frame_start: Literal["inverted", "noise", "renoise"] = Field(
+        "inverted",
+        description="Where every frame starts. 'inverted' (published): the source's inverted noise; keeps the "
+        "source's layout, so a pose far from the source's may be ignored. 'noise': one shared random noise from "
+        "`seed`; layout from prompt and pose, identity from mutual attention. 'renoise': the source partly "
+        "re-noised (`strength`); cheaper, stays close to the source.",
+    )
+    strength: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="'renoise' only: how much of the source is re-noised; frames run strength x steps steps "
+        "(1 = the same as 'inverted').",
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True,
+                      description="'noise' only: seed of the shared start noise (frames may override it).")
+    cross_frame: Literal["none", "anchor"] = Field(
+        "none",
+        description="What frames attend to. 'none' (published): the source only. 'anchor': the source and one "
+        "anchor frame, so details agree from frame to frame (less flicker); costs one extra frame render.",
+    )
+    anchor_frame: int = Field(0, ge=0, strict=True, description="'anchor' only: index of the anchor frame.")
+    anchor_weight: float = Field(
+        1.0, gt=0.0, le=100.0,
+        description="'anchor' only: weight of the anchor frame against the source (above 1 leans on the anchor, "
+        "below 1 on the source).",
+    )
 
     @model_validator(mode="after")
     def _window(self):
@@ -252,21 +404,29 @@ class RenderSettings(_Model):
             raise ValueError(
                 f"settings.start_step: {self.start_step} must be below settings.steps ({self.steps}); lower it or raise steps"
             )
+        if self.controlnet_start >= self.controlnet_end:
+            raise ValueError(f"settings.controlnet_start: {self.controlnet_start} must be below settings.controlnet_end "
+                             f"({self.controlnet_end})")
+        if self.frame_start == "renoise" and round((1 - self.strength) * self.steps) >= self.steps:
+            raise ValueError(f"settings.strength: {self.strength} leaves no step of {self.steps}; use at least "
+                             f"{1 / self.steps:.3g}")
         return self
 
 
 class OutputSpec(_Model):
     """Where results go and how they are encoded."""
 
+    model_config = ConfigDict(title="Output")
+
     folder: Path = Field(
         Path("out"),
-        description="Results go to <folder>/<job hash>/ (frames, GIF, MP4, contact sheet). No '..' parts.",
+        description="Results go to a subfolder named by the job's hash: FOLDER/JOB-HASH/ (frames, GIF, MP4, "
+        "contact sheet). No '..' parts.",
     )
     fps: float = Field(8.0, gt=0.0, le=60.0, description="Frames per second of the GIF and MP4.")
     gif: bool = Field(True, description="Write animation.gif.")
     mp4: bool = Field(True, description="Write animation.mp4 (H.264, yuv420p).")
     loop: int = Field(0, ge=0, le=65535, description="GIF loop count: 0 = loop forever.")
-    chunk_size: int = Field(4, ge=1, le=1000, description="Frames per render task (the unit of retries and fan-out).")
 
     @field_validator("folder")
     @classmethod
@@ -275,7 +435,14 @@ class OutputSpec(_Model):
 
 
 class ExecutionSpec(_Model):
-    """Where the render tasks run."""
+    """Where and in what units the render tasks run; nothing here changes a pixel."""
+
+    model_config = ConfigDict(title="Execution")
+
+    chunk_size: int = Field(4, ge=1, le=1000, strict=True,
+                            description="Frames per render task (the unit of retries and fan-out).")
+    batch_size: int = Field(4, ge=1, le=64, strict=True,
+                            description="Frames per UNet batch inside a render task (lower it on small GPUs).")
 
     runner: Optional[Literal["threads", "dask"]] = Field(
         None, description="'threads': a thread pool in the flow's process (one GPU); 'dask': Dask workers. "
@@ -295,18 +462,51 @@ class ExecutionSpec(_Model):
         return self
 
 
+class MovedFieldWarning(UserWarning):
+    """A job file uses a field's old place."""
+
+
+# Fields that moved between sections: old job files keep working, with a warning naming the new place.
+MOVED_FIELDS = {("settings", "batch_size"): ("execution", "batch_size"),
+                ("output", "chunk_size"): ("execution", "chunk_size")}
+
+
 class AnimationJob(_Model):
     """One source picture in, a consistent animation out."""
+
+    model_config = ConfigDict(title="Animation job")
 
     name: Optional[str] = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Optional label for runs and logs."
     )
     source: SourceSpec = Field(description="The source picture (or the prompt to generate it from).")
     frames: FramesSpec = Field(description="The frames: prompts, poses, or both.")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="Checkpoint and ControlNet.")
+    # Validated even when absent, so a job without a model section fails on `model.model` unless the
+    # deployment names a default checkpoint.
+    model: ModelSpec = Field(default_factory=dict, validate_default=True, description="Checkpoint and ControlNet.")
     settings: RenderSettings = Field(default_factory=RenderSettings, description="Size, steps, guidance, MasaCtrl window.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output folder and formats.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Task runner for the render tasks.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for (old_section, name), (new_section, new_name) in MOVED_FIELDS.items():
+            old = data.get(old_section)
+            if not isinstance(old, dict) or name not in old:
+                continue
+            data = {**data, old_section: {k: v for k, v in old.items() if k != name}}
+            new = dict(data.get(new_section) or {})
+            if new_name in new:
+                raise ValueError(f"{old_section}.{name} moved to {new_section}.{new_name}, which is also set; "
+                                 f"remove {old_section}.{name}")
+            new[new_name] = old[name]
+            data[new_section] = new
+            warnings.warn(f"{old_section}.{name} moved to {new_section}.{new_name}; update the job file",
+                          MovedFieldWarning, stacklevel=2)
+        return data
 
     @model_validator(mode="after")
     def _cross_field(self):

@@ -1,10 +1,14 @@
-"""From a validated job to a plan of work: poses resolved, counts checked, content hashes.
+"""From a validated job to a plan of work: poses resolved, counts checked, requests, content hashes.
 
-The job folder is named by a hash of everything that determines the frames: the source image's
-bytes (or the prompt and seed it is generated from), the model, the settings, each frame's
-prompt and each frame's pose map (the rendered pixels, so any pose input that draws the same
-skeletons gives the same frames). Output settings (fps, formats, chunking, runner) are not in
-it: changing them re-stitches but renders nothing again.
+The requests below are what the workers read, and nothing else: an inversion request is all an
+inversion depends on, an engine request all a frame depends on besides its own prompt and pose.
+So the content hashes are simply digests of the requests (``pixel_dump``: every field except the
+few marked ``NotHashed``, such as a path whose file is hashed by content). A new setting is
+hashed the moment it is added to a request; nothing lists fields by hand.
+
+The job folder is named by the job hash, and it is the frame cache: output settings (fps,
+formats) and execution settings (runner, chunking, batching) are in no request, so changing them
+re-stitches but renders nothing again.
 """
 
 from __future__ import annotations
@@ -12,16 +16,101 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from . import frames_io
-from .engines import TINY_SEED, EngineRequest
-from .job import TINY, AnimationJob, JobInputError
+from . import frames_io, stale_files
+from .job import AnimationJob, JobInputError, ModelSpec, NotHashed, RenderSettings, pixel_dump
+from .models import model_configs, model_identity, resolve_model
 
 # Bump when the meaning of a job folder changes (file names, hashing), so old folders are not reused.
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
+
+# RenderSettings -> masactrl_engine.ControlConfig: same names, except these. ``width``/``height``
+# are not engine settings but the canvas that ``invert``/``render`` are called with.
+ENGINE_NAMES = {"steps": "num_steps"}
+CANVAS_FIELDS = ("width", "height")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def content(self) -> dict[str, Any]:
+        """What this request's result depends on (for hashing)."""
+        return pixel_dump(self)
+
+
+class EngineRequest(_Request):
+    """Everything a worker needs to build (or find) its engine: names and numbers only."""
+
+    model: ModelSpec
+    settings: RenderSettings
+    subject: Optional[str] = None
+    mask_threshold: float = 0.1
+
+    @classmethod
+    def from_job(cls, job: AnimationJob) -> "EngineRequest":
+        # The ControlNet matters only when there are poses: without them it is never called.
+        model = job.model if job.uses_poses else job.model.model_copy(update={"controlnet": None})
+        return cls(model=model, settings=job.settings, subject=job.source.subject,
+                   mask_threshold=job.source.mask_threshold)
+
+    def content(self) -> dict[str, Any]:
+        return {**pixel_dump(self), "model_identity": model_identity(self.model)}
+
+    def control_config(self):
+        """The engine's ControlConfig, derived field by field from the render settings."""
+        return control_config(self.settings, self.subject, self.mask_threshold)
+
+
+def control_config(settings: RenderSettings, subject: Optional[str] = None, mask_threshold: float = 0.1):
+    from masactrl_engine import ControlConfig, MaskConfig
+
+    values = settings.model_dump(exclude=set(CANVAS_FIELDS))
+    mask = MaskConfig(subject=subject, threshold=mask_threshold) if subject else None
+    return ControlConfig(**{ENGINE_NAMES.get(k, k): v for k, v in values.items()}, mask=mask)
+
+
+class InversionRequest(_Request):
+    """What the inversion depends on; its digest names it (``key``: cache key and folder name)."""
+
+    folder: Annotated[str, NotHashed("where the files go, not what they hold")]
+    image: Annotated[Optional[str], NotHashed("hashed by content: image_sha256")] = None
+    image_sha256: Optional[str] = None
+    fit: str = "crop"
+    generate_prompt: Optional[str] = None
+    seed: int = 0
+    inversion_prompt: str = ""
+    model: ModelSpec
+    # The sampler settings the inversion (or, for a generated source, the generation) reads.
+    settings: RenderSettings
+
+    @property
+    def key(self) -> str:
+        return inversion_key(self)
+
+    def content(self) -> dict[str, Any]:
+        return {**pixel_dump(self), "model_identity": model_identity(self.model)}
+
+
+def inversion_key(request: InversionRequest) -> str:
+    return _digest({"format": PLAN_FORMAT, "inversion": request.content()})
+
+
+def inversion_settings(job: AnimationJob) -> RenderSettings:
+    """The settings an inversion depends on, the others at their defaults (so that jobs, and the
+    cells of a sweep, that differ only in MasaCtrl settings share one inversion). A generated
+    source also depends on how it is sampled."""
+    s = job.settings
+    keep = {"width": s.width, "height": s.height, "steps": s.steps, "start_step": 0}
+    if job.source.image is None:
+        keep.update(guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt)
+    return RenderSettings(**keep)
 
 
 class FramePlan(BaseModel):
@@ -29,24 +118,10 @@ class FramePlan(BaseModel):
 
     index: int
     prompt: str
-    pose: Optional[str] = None  # path of the pose map PNG in the job folder
-
-
-class InversionRequest(BaseModel):
-    """What the inversion depends on; ``key`` names it (cache key and folder name)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    key: str
-    folder: str  # where the inversion files go (not part of the key)
-    image: Optional[str] = None
-    fit: str = "crop"
-    generate_prompt: Optional[str] = None
-    seed: int = 0
-    inversion_prompt: str = ""
-    width: int
-    height: int
-    engine: EngineRequest
+    pose: Annotated[Optional[str], NotHashed("hashed by content: pose_sha256")] = None
+    pose_sha256: Optional[str] = None
+    seed: Optional[int] = None
+    controlnet_scale: Optional[float] = None
 
 
 class ChunkRequest(BaseModel):
@@ -57,22 +132,27 @@ class ChunkRequest(BaseModel):
     inversion_dir: str
     source_prompt: str
     frames: list[FramePlan]
-    width: int
-    height: int
     batch_size: int
     engine: EngineRequest
+    anchor: Optional[FramePlan] = None  # with cross_frame 'anchor': every chunk renders against it
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.engine.settings.width, self.engine.settings.height
 
 
 class JobPlan(BaseModel):
     job_hash: str
     job_dir: str
     frames: list[FramePlan]
-    width: int
-    height: int
     source_prompt: str
     inversion: InversionRequest
     engine: EngineRequest
     uses_poses: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.engine.settings.width, self.engine.settings.height
 
     def chunks(self, chunk_size: int, batch_size: int, inversion_dir: str) -> list[ChunkRequest]:
         return [
@@ -82,19 +162,33 @@ class JobPlan(BaseModel):
                 inversion_dir=inversion_dir,
                 source_prompt=self.source_prompt,
                 frames=self.frames[start : start + chunk_size],
-                width=self.width,
-                height=self.height,
                 batch_size=batch_size,
                 engine=self.engine,
+                anchor=self.anchor,
             )
             for k, start in enumerate(range(0, len(self.frames), chunk_size))
         ]
+
+    @property
+    def anchor(self) -> Optional[FramePlan]:
+        s = self.engine.settings
+        return self.frames[s.anchor_frame] if s.cross_frame == "anchor" else None
 
     def frame_paths(self) -> list[str]:
         return [str(frames_io.frame_path(self.job_dir, f.index)) for f in self.frames]
 
     def pose_paths(self) -> list[str]:
         return [f.pose for f in self.frames if f.pose]
+
+
+def job_hash(inversion: InversionRequest, engine: EngineRequest, source_prompt: str, frames: list[FramePlan]) -> str:
+    return _digest({
+        "format": PLAN_FORMAT,
+        "inversion": inversion.key,
+        "engine": engine.content(),
+        "source_prompt": source_prompt,
+        "frames": [pixel_dump(f) for f in frames],
+    })
 
 
 def sha256_file(path: str | Path) -> str:
@@ -110,58 +204,6 @@ def sha256_image_pixels(image) -> str:
     h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
     h.update(rgb.tobytes())
     return h.hexdigest()
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def model_identity(name: Optional[str]) -> Optional[str]:
-    """The tiny model is fully determined by its seed and format; other models by folder or hub id."""
-    if name == TINY:
-        from masactrl_engine.tiny import FORMAT_VERSION
-
-        return f"tiny:seed{TINY_SEED}:format{FORMAT_VERSION}"
-    return name
-
-
-def source_identity(job: AnimationJob, image_sha256: Optional[str]) -> dict:
-    if job.source.image is not None:
-        return {"image_sha256": image_sha256, "fit": job.source.fit}
-    s = job.settings
-    # A generated source depends on how it is sampled too.
-    return {"generate": {"prompt": job.source.prompt, "seed": job.source.seed, "steps": s.steps,
-                         "guidance_scale": s.guidance_scale, "negative_prompt": s.negative_prompt,
-                         "width": s.width, "height": s.height}}
-
-
-def inversion_key(job: AnimationJob, image_sha256: Optional[str]) -> str:
-    s = job.settings
-    return _digest({
-        "format": PLAN_FORMAT,
-        "source": source_identity(job, image_sha256),
-        "model": model_identity(job.model.model),
-        "dtype": job.model.dtype,
-        "steps": s.steps,
-        "inversion_prompt": job.source.inversion_prompt,
-        "width": s.width,
-        "height": s.height,
-    })
-
-
-def job_hash(job: AnimationJob, image_sha256: Optional[str], prompts: list[str], pose_sha256: list[Optional[str]]) -> str:
-    s = job.settings
-    return _digest({
-        "format": PLAN_FORMAT,
-        "inversion": inversion_key(job, image_sha256),
-        "source_prompt": job.source.prompt,
-        "mask": {"subject": job.source.subject, "threshold": job.source.mask_threshold} if job.source.subject else None,
-        "controlnet": model_identity(job.model.controlnet) if job.uses_poses else None,
-        "settings": {"guidance_scale": s.guidance_scale, "start_step": s.start_step, "start_layer": s.start_layer,
-                     "source_correction": s.source_correction, "negative_prompt": s.negative_prompt,
-                     "controlnet_scale": s.controlnet_scale if job.uses_poses else None},
-        "frames": [{"prompt": p, "pose": d} for p, d in zip(prompts, pose_sha256)],
-    })
 
 
 def resolve_pose_maps(job: AnimationJob) -> Optional[list]:
@@ -184,52 +226,97 @@ def resolve_pose_maps(job: AnimationJob) -> Optional[list]:
     return maps
 
 
-def job_folder(job: AnimationJob, digest: str) -> Path:
-    return Path(job.output.folder).absolute() / digest[:16]
+def apply_overrides(job: AnimationJob, frames: list[FramePlan]) -> list[FramePlan]:
+    frames = list(frames)
+    for k, override in enumerate(job.frames.overrides):
+        if override.index >= len(frames):
+            raise JobInputError(f"frames.overrides[{k}].index",
+                                f"frame {override.index} does not exist; the job has {len(frames)} frames (0-{len(frames) - 1})")
+        changes = {name: value for name, value in override.model_dump(exclude={"index"}).items() if value is not None}
+        frames[override.index] = frames[override.index].model_copy(update=changes)
+    return frames
+
+
+def check_settings_against_frames(job: AnimationJob, count: int) -> None:
+    s = job.settings
+    if s.cross_frame == "anchor" and s.anchor_frame >= count:
+        raise JobInputError("settings.anchor_frame",
+                            f"frame {s.anchor_frame} does not exist; the job has {count} frames (0-{count - 1})")
+
+
+def check_model(job: AnimationJob) -> None:
+    """What can be checked against the model's configs without loading weights: the start layer
+    against its transformer blocks, the LoRAs against its family."""
+    from masactrl_engine import EngineInputError
+    from masactrl_engine.families import check_start_layer
+    from masactrl_engine.loading import check_loras
+
+    try:
+        configs = model_configs(job.model)
+    except EngineInputError as exc:
+        raise JobInputError("model.model", str(exc).removeprefix("model: ")) from None
+    if configs is None:
+        return  # a hub id that is not cached here: the worker checks when it loads it
+    try:
+        check_start_layer(job.settings.start_layer, configs[0], field="settings.start_layer")
+    except EngineInputError as exc:
+        raise JobInputError("settings.start_layer", str(exc).removeprefix("settings.start_layer: ")) from None
+    if job.model.loras:
+        try:
+            check_loras(resolve_model(job.model.model), [(lora.path, lora.scale) for lora in job.model.loras])
+        except EngineInputError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise JobInputError(f"model.{field}", message) from None
+
+
+def inversion_request(job: AnimationJob, image_sha256: Optional[str]) -> InversionRequest:
+    image = job.source.image
+    unfolded = InversionRequest(
+        folder="",
+        image=str(image) if image is not None else None,
+        image_sha256=image_sha256,
+        fit=job.source.fit,
+        generate_prompt=None if image is not None else job.source.prompt,
+        seed=job.source.seed,
+        inversion_prompt=job.source.inversion_prompt,
+        model=job.model.model_copy(update={"controlnet": None}),
+        settings=inversion_settings(job),
+    )
+    folder = Path(job.output.folder).absolute() / "inversions" / unfolded.key[:16]
+    return unfolded.model_copy(update={"folder": str(folder)})
 
 
 def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
     """Resolve poses, check counts, hash; with ``write`` store job.json and the pose maps in the job folder."""
+    check_model(job)
     image_sha = sha256_file(job.source.image) if job.source.image is not None else None
     maps = resolve_pose_maps(job)
     prompts = job.frames.prompts_for(None if maps is None else len(maps), job.source.prompt)
     if not prompts:
         raise JobInputError("frames.prompts", "no frames to render; give at least one prompt")
     pose_digests = [sha256_image_pixels(m) for m in maps] if maps is not None else [None] * len(prompts)
-    digest = job_hash(job, image_sha, prompts, pose_digests)
-    job_dir = job_folder(job, digest)
+    frames = [FramePlan(index=i, prompt=p, pose_sha256=d) for i, (p, d) in enumerate(zip(prompts, pose_digests))]
+    frames = apply_overrides(job, frames)
+    check_settings_against_frames(job, len(frames))
+    inversion = inversion_request(job, image_sha)
+    engine = EngineRequest.from_job(job)
+    digest = job_hash(inversion, engine, job.source.prompt, frames)
+    job_dir = Path(job.output.folder).absolute() / digest[:16]
 
-    pose_files: list[Optional[str]] = [None] * len(prompts)
     if maps is not None:
         existing = frames_io.read_poses_index(job_dir)
         paths = existing if existing is not None and len(existing) == len(maps) else None
         if paths is None and write:
             paths = frames_io.write_poses(job_dir, maps)
-        pose_files = [str(p) for p in paths] if paths else [str(frames_io.pose_path(job_dir, i)) for i in range(len(maps))]
+        paths = paths or [frames_io.pose_path(job_dir, i) for i in range(len(maps))]
+        frames = [f.model_copy(update={"pose": str(p)}) for f, p in zip(frames, paths)]
     if write:
+        stale_files.remove_stale_temp_files(job_dir)  # left by a killed earlier run (C.8)
         frames_io.write_json_atomic(job_dir / frames_io.JOB_FILE, {"job_hash": digest, "job": job.model_dump(mode="json")})
-
-    key = inversion_key(job, image_sha)
-    engine = EngineRequest.from_job(job)
-    inversion = InversionRequest(
-        key=key,
-        folder=str(Path(job.output.folder).absolute() / "inversions" / key[:16]),
-        image=str(job.source.image) if job.source.image is not None else None,
-        fit=job.source.fit,
-        generate_prompt=None if job.source.image is not None else job.source.prompt,
-        seed=job.source.seed,
-        inversion_prompt=job.source.inversion_prompt,
-        width=job.settings.width,
-        height=job.settings.height,
-        engine=engine,
-    )
-    frames = [FramePlan(index=i, prompt=p, pose=pose_files[i]) for i, p in enumerate(prompts)]
     return JobPlan(
         job_hash=digest,
         job_dir=str(job_dir),
         frames=frames,
-        width=job.settings.width,
-        height=job.settings.height,
         source_prompt=job.source.prompt,
         inversion=inversion,
         engine=engine,

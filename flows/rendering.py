@@ -1,32 +1,44 @@
 """The work behind the tasks, as plain functions: invert a source, render a chunk of frames.
 
-Both are idempotent on disk. An inversion folder that already holds a valid inversion is
-reused; a frame whose PNG exists is not rendered again. So a retry, or a re-run of a job that
-crashed, only does what is missing.
+Both are idempotent on disk, and the disk is the only record of what is done. An inversion lives
+in a folder named by its content hash: a folder holding a readable inversion whose digest checks
+is reused; a missing, partial or corrupt one is computed again (with one warning). A frame whose
+PNG exists is not rendered again. So a retry, a re-run of a crashed job, or another job on the
+same source only does what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from PIL import Image
+from pydantic import BaseModel, Field
 
-from . import engines, frames_io
-from .plan import ChunkRequest, InversionRequest
+from . import frame_manifest, frames_io, worker_cache
+from .plan import ChunkRequest, FramePlan, InversionRequest, control_config
 
 log = logging.getLogger("flows.rendering")
 
-# Test hook: fail these chunk indices ("1" or "0,2") before they render anything, to simulate a
-# crash part-way through a job. Never set in production.
-FAIL_CHUNK_ENV = "MASACTRL_FAIL_CHUNK"
+
+class InversionResult(BaseModel):
+    path: str = Field(description="Folder holding the inversion files and source.png.")
+    computed: bool = Field(description="False when a valid inversion was already on disk.")
+    seconds: float = 0.0
+    stats: dict[str, int] = Field(default_factory=dict, description="masactrl_engine.EngineStats of this call.")
 
 
-class InjectedFailure(RuntimeError):
-    """Raised by the MASACTRL_FAIL_CHUNK test hook."""
+class ChunkReport(BaseModel):
+    index: int
+    rendered: list[int] = Field(default_factory=list)
+    skipped: list[int] = Field(default_factory=list, description="Frames already on disk.")
+    seconds: float = 0.0
+    frame_seconds: dict[int, float] = Field(default_factory=dict)
+    stats: dict[str, int] = Field(default_factory=dict, description="masactrl_engine.EngineStats of this call.")
 
 
 def _stats(engine) -> dict[str, int]:
@@ -71,99 +83,116 @@ def fit_source(image: Image.Image, width: int, height: int, fit: str = "crop") -
     return image.crop((0, top, w, top + new_h))
 
 
-def inversion_ready(folder: str | os.PathLike) -> bool:
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` across processes (a shared filesystem's advisory locks), so
+    two jobs on one source at once invert it once: the second waits, then finds it on disk."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_inversion(folder: str | Path, device=None, logger: logging.Logger | None = None):
+    """The inversion in ``folder``, or None when it is missing, partial or corrupt (said once)."""
+    from masactrl_engine import InvertedSource
     from masactrl_engine.inversion import META_FILE, TENSOR_FILE
 
     folder = Path(folder)
-    return (folder / TENSOR_FILE).is_file() and (folder / META_FILE).is_file()
+    if not (folder / TENSOR_FILE).is_file() and not (folder / META_FILE).is_file():
+        return None
+    try:
+        return InvertedSource.load(folder, device=device)
+    except Exception as exc:  # noqa: BLE001 - whatever the reader raises (safetensors, JSON, digest), it is unusable
+        (logger or log).warning("Inversion in %s is unreadable or corrupt (%s); inverting again", folder, exc)
+        return None
 
 
-def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = None) -> dict:
-    """Invert the source into ``request.folder`` unless a valid inversion is already there.
-
-    Returns {"path", "computed", "seconds", "stats"} (stats: the engine's UNet calls for it).
-    """
-    from masactrl_engine import InvertedSource
-
+def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = None) -> InversionResult:
+    """Invert the source into ``request.folder`` unless a valid inversion is already there."""
     logger = logger or log
     folder = Path(request.folder)
-    if inversion_ready(folder):
-        try:
-            InvertedSource.load(folder)
-            logger.info("Inversion %s found on disk; reusing it", folder)
-            return {"path": str(folder), "computed": False, "seconds": 0.0, "stats": {}}
-        except Exception as exc:  # noqa: BLE001 - a corrupt inversion is recomputed
-            logger.warning("Inversion in %s is unreadable (%s); inverting again", folder, exc)
-
     t0 = time.perf_counter()
-    slot = engines.get_engine(request.engine)
-    with slot.lock:
-        before = _stats(slot.engine)
-        if request.image is not None:
-            with Image.open(request.image) as img:
-                source = fit_source(img.convert("RGB"), request.width, request.height, request.fit)
-        else:
-            logger.info("Generating the source from %r (seed %d)", request.generate_prompt, request.seed)
-            source = slot.engine.generate(request.generate_prompt, seed=request.seed,
-                                          height=request.height, width=request.width)
-        inv = slot.engine.invert(source, prompt=request.inversion_prompt, height=request.height, width=request.width)
-        stats = _delta(before, _stats(slot.engine))
-    folder.mkdir(parents=True, exist_ok=True)
-    # What the engine inverted (it resizes with bicubic filtering), for people and previews.
-    frames_io.save_png_atomic(source.resize((request.width, request.height), Image.Resampling.BICUBIC),
-                              folder / "source.png")
-    inv.save(folder)
+    with folder_lock(folder):
+        if load_inversion(folder, logger=logger) is not None and (folder / "source.png").is_file():
+            logger.info("Inversion %s found on disk; reusing it", folder)
+            return InversionResult(path=str(folder), computed=False)
+
+        config = control_config(request.settings)
+        slot = worker_cache.get_engine(request.model, config)
+        s = request.settings
+        with slot.lock:
+            before = _stats(slot.engine)
+            if request.image is not None:
+                with Image.open(request.image) as img:
+                    source = fit_source(img.convert("RGB"), s.width, s.height, request.fit)
+                inv = slot.engine.invert(source, prompt=request.inversion_prompt, height=s.height, width=s.width)
+            else:
+                # MasaCtrl's synthesis: the generation's own trajectory is the source branch, exact and
+                # without a decode-encode-invert round trip.
+                logger.info("Generating the source from %r (seed %d)", request.generate_prompt, request.seed)
+                inv = slot.engine.synthesize(request.generate_prompt, seed=request.seed, height=s.height, width=s.width)
+                source = inv.image
+            stats = _delta(before, _stats(slot.engine))
+        folder.mkdir(parents=True, exist_ok=True)
+        # What the engine inverted (it resizes with bicubic filtering), for people and previews.
+        frames_io.save_png_atomic(source.resize((s.width, s.height), Image.Resampling.BICUBIC), folder / "source.png")
+        inv.save(folder)
+    worker_cache.enforce_budget()
     seconds = time.perf_counter() - t0
     logger.info("Inverted the source in %.1f s (%d UNet calls) into %s", seconds, stats.get("inversion_calls", 0), folder)
-    return {"path": str(folder), "computed": True, "seconds": seconds, "stats": stats}
+    return InversionResult(path=str(folder), computed=True, seconds=seconds, stats=stats)
 
 
-def _failing_chunks() -> set[int]:
-    raw = os.environ.get(FAIL_CHUNK_ENV, "").strip()
-    return {int(x) for x in raw.split(",") if x.strip()} if raw else set()
+def frame_spec(frame: FramePlan):
+    """The engine's request for one planned frame (its pose map read from the job folder)."""
+    from masactrl_engine import FrameSpec
+
+    pose = frames_io.load_rgb(frame.pose) if frame.pose else None
+    return FrameSpec(prompt=frame.prompt, pose=pose, seed=frame.seed, controlnet_scale=frame.controlnet_scale)
 
 
 def render_chunk_frames(
     chunk: ChunkRequest,
     logger: logging.Logger | None = None,
     on_frame: Optional[Callable[[int], None]] = None,
-) -> dict:
+) -> ChunkReport:
     """Render the frames of ``chunk`` that are not on disk yet; write each PNG atomically.
 
     Frames are rendered ``batch_size`` at a time and written after every batch, so a crash
     loses at most one batch. On out-of-memory the batch is retried once at half the size after
-    freeing memory. Returns {"index", "rendered", "skipped", "seconds", "frame_seconds", "stats"}.
+    freeing memory.
     """
-    from masactrl_engine import FrameSpec, InvertedSource
-
     logger = logger or log
     t0 = time.perf_counter()
-    size = (chunk.width, chunk.height)
-    todo_idx = set(frames_io.missing_frames(chunk.job_dir, [f.index for f in chunk.frames], size))
+    todo_idx = set(frames_io.missing_frames(chunk.job_dir, [f.index for f in chunk.frames], chunk.size))
     todo = [f for f in chunk.frames if f.index in todo_idx]
-    skipped = [f.index for f in chunk.frames if f.index not in todo_idx]
-    report = {"index": chunk.index, "rendered": [], "skipped": skipped, "seconds": 0.0,
-              "frame_seconds": {}, "stats": {}}
-    if chunk.index in _failing_chunks():
-        raise InjectedFailure(f"chunk {chunk.index}: failure injected by {FAIL_CHUNK_ENV} (test hook)")
+    report = ChunkReport(index=chunk.index, skipped=[f.index for f in chunk.frames if f.index not in todo_idx])
     if not todo:
         logger.info("Chunk %d: all %d frames already on disk", chunk.index, len(chunk.frames))
-        report["seconds"] = time.perf_counter() - t0
+        report.seconds = time.perf_counter() - t0
         return report
 
-    slot = engines.get_engine(chunk.engine)
-    inv = InvertedSource.load(chunk.inversion_dir, device=slot.engine.device)
+    slot = worker_cache.get_engine(chunk.engine.model, chunk.engine.control_config())
+    inv = load_inversion(chunk.inversion_dir, device=slot.engine.device, logger=logger)
+    if inv is None:
+        raise RuntimeError(f"the inversion in {chunk.inversion_dir} is missing or corrupt; run the job again to "
+                           "recompute it")
+    anchor = frame_spec(chunk.anchor) if chunk.anchor is not None else None
     batch_size = chunk.batch_size
     with slot.lock:
         before = _stats(slot.engine)
         start, oom_retried = 0, False
         while start < len(todo):
             batch = todo[start : start + batch_size]
-            specs = [FrameSpec(prompt=f.prompt, pose=frames_io.load_rgb(f.pose) if f.pose else None) for f in batch]
+            specs = [frame_spec(f) for f in batch]
             tb = time.perf_counter()
             images = None
             try:
-                images = slot.engine.render(inv, chunk.source_prompt, specs, batch_size=len(specs))
+                images = slot.engine.render(inv, chunk.source_prompt, specs, batch_size=len(specs), anchor=anchor)
             except Exception as exc:
                 if not is_out_of_memory(exc) or oom_retried or len(batch) == 1:
                     raise
@@ -173,18 +202,19 @@ def render_chunk_frames(
                                chunk.index, len(batch), batch_size)
             if images is None:
                 # Outside the except block, so the traceback no longer pins the batch's tensors.
-                engines.free_memory()
+                worker_cache.free_memory()
                 continue
             per_frame = (time.perf_counter() - tb) / len(batch)
             for f, image in zip(batch, images):
-                frames_io.save_png_atomic(image, frames_io.frame_path(chunk.job_dir, f.index))
-                report["rendered"].append(f.index)
-                report["frame_seconds"][f.index] = per_frame
+                frame_manifest.write_frame(image, chunk.job_dir, f.index)  # PNG + its digest (C.2)
+                report.rendered.append(f.index)
+                report.frame_seconds[f.index] = per_frame
                 if on_frame is not None:
                     on_frame(f.index)
             start += len(batch)
-        report["stats"] = _delta(before, _stats(slot.engine))
-    report["seconds"] = time.perf_counter() - t0
+        report.stats = _delta(before, _stats(slot.engine))
+    worker_cache.enforce_budget()
+    report.seconds = time.perf_counter() - t0
     logger.info("Chunk %d: rendered %d frame(s), %d already on disk, %.1f s",
-                chunk.index, len(report["rendered"]), len(skipped), report["seconds"])
+                chunk.index, len(report.rendered), len(report.skipped), report.seconds)
     return report

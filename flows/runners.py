@@ -10,7 +10,7 @@ made here do it themselves), so a worker never runs two GPU chunks at once even 
 threads for CPU work (pose loading, stitching), which submits without the claim.
 
 What a worker keeps between chunks (its pipeline, the source branch of the job it works on) is
-the per-process cache of ``flows/engines.py``; :func:`worker_identity` tells where a task ran.
+the per-process cache of ``flows/worker_cache.py``; :func:`worker_identity` tells where a task ran.
 """
 
 from __future__ import annotations

@@ -1,37 +1,42 @@
 """Prefect tasks: thin wrappers around the plain functions in plan / rendering / stitch.
 
-Tasks take and return small things (pydantic requests, paths, dicts of numbers); pixels and
-tensors stay on disk.
+Tasks take and return small things (pydantic requests and reports, paths); pixels and tensors
+stay on disk. Idempotence lives on disk too (``flows/rendering.py``), not in Prefect's result
+cache: an inversion folder or a frame file is the record that the work is done.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.cache_policies import NO_CACHE
 
 from . import rendering, stitch as stitch_lib
 from .concurrency import gpu_slot
-from .job import AnimationJob
+from .job import AnimationJob, JobInputError
 from .plan import ChunkRequest, InversionRequest, JobPlan, plan_job
-
-
-def _inversion_cache_key(context: Any, parameters: dict[str, Any]) -> Optional[str]:
-    request = parameters["request"]
-    key = request.key if isinstance(request, InversionRequest) else request["key"]
-    return f"masactrl-inversion-{key}"
-
-
-# Keyed only on what the inversion depends on (image bytes, model, steps, size, prompt): not on
-# the run id (Prefect's default), so later runs and other jobs on the same source hit it.
-INVERSION_CACHE = CachePolicy.from_cache_key_fn(_inversion_cache_key)
 
 
 def _logger():
     from prefect.logging import get_run_logger
 
     return get_run_logger()
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    """Retry what may pass the second time (a lost worker, a flaky share, out of memory), not
+    what fails again the same way: bad input, or a model or file that is not there."""
+    from masactrl_engine import EngineInputError
+    from pydantic import ValidationError
+
+    try:
+        state.result()
+    except (JobInputError, EngineInputError, ValidationError, FileNotFoundError):
+        return False
+    except BaseException:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
 
 
 @task(name="resolve-job", cache_policy=NO_CACHE)
@@ -42,16 +47,10 @@ def resolve_job(job: AnimationJob) -> JobPlan:
     return plan
 
 
-@task(
-    name="invert-source",
-    cache_policy=INVERSION_CACHE,
-    persist_result=True,
-    result_serializer="json",
-    retries=1,
-    retry_delay_seconds=2,
-)
-def invert_source(request: InversionRequest) -> dict:
-    """DDIM-invert the source once; the result is the folder holding the inversion files."""
+@task(name="invert-source", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,
+      retry_condition_fn=worth_retrying)
+def invert_source(request: InversionRequest) -> rendering.InversionResult:
+    """DDIM-invert the source once: reused from its content-addressed folder when it is there."""
     with gpu_slot():
         return rendering.ensure_inversion(request, _logger())
 
@@ -62,8 +61,9 @@ def invert_source(request: InversionRequest) -> dict:
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=2,
+    retry_condition_fn=worth_retrying,
 )
-def render_chunk(chunk: ChunkRequest) -> dict:
+def render_chunk(chunk: ChunkRequest) -> rendering.ChunkReport:
     """Render the chunk's frames that are not on disk yet (resumable, OOM-tolerant)."""
     with gpu_slot():
         return rendering.render_chunk_frames(chunk, _logger())
@@ -81,7 +81,8 @@ def stitch(
 ) -> dict[str, str]:
     """GIF, MP4, contact sheet (and the pose | frame preview when poses were used)."""
     outputs = stitch_lib.stitch_outputs(
-        frame_paths, out_dir, fps=fps, gif=gif, mp4=mp4, loop=loop, pose_paths=pose_paths or None
+        frame_paths, out_dir, fps=fps, gif=gif, mp4=mp4, loop=loop, pose_paths=pose_paths or None,
+        verify_frames=True,  # never stitch a frame that does not match its digest
     )
     _logger().info("Wrote %s", ", ".join(sorted(outputs.values())))
     return outputs

@@ -8,6 +8,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Prefect reads its settings when it is first imported: point it at a throw-away home first.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The tests act as a deployment whose default checkpoint is the tiny one (jobs that name no model).
+os.environ.setdefault("MASACTRL_MODEL", "tiny")
 
 import pytest
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import AnimationJob, animate, engines
+from flows import AnimationJob, animate, worker_cache
 from flows.frames_io import frame_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -44,9 +44,9 @@ def make_job(image: Path, out: Path, execution: dict | None = None) -> Animation
     return AnimationJob.model_validate({
         "source": {"image": str(image), "prompt": "a photo of a cat"},
         "frames": {"prompts": PROMPTS},
-        "settings": {"width": 64, "height": 64, "steps": STEPS, "start_step": START_STEP, "batch_size": 1},
-        "output": {"folder": str(out), "gif": False, "mp4": False, "chunk_size": 1},
-        "execution": execution or {},
+        "settings": {"width": 64, "height": 64, "steps": STEPS, "start_step": START_STEP},
+        "output": {"folder": str(out), "gif": False, "mp4": False},
+        "execution": {"batch_size": 1, "chunk_size": 1, **(execution or {})},
     })
 
 
@@ -95,7 +95,7 @@ def test_dask_frames_equal_threads_and_each_worker_loads_once(cat_png, tmp_path,
     assert result.job_hash == threads_result.job_hash  # same job, other runner
     assert_same_frames(result.frames, threads_result.frames)
 
-    loads = client.run(engines.pipeline_loads)
+    loads = client.run(worker_cache.pipeline_loads)
     assert worker_pids(client) == pids  # no worker was replaced
     assert sorted(loads.values()) == [1, 1], loads  # 6 chunks, one pipeline load per worker
     # the source branch is computed once per worker, not once per chunk
@@ -148,7 +148,7 @@ def test_killing_a_worker_mid_job_still_renders_every_frame(cat_png, tmp_path, t
     after = worker_pids(client)
     assert victim_pid not in after.values() and len(after) == 2
     survivor = [a for a in pids if a != victim_address][0]
-    assert survivor in after and client.run(engines.pipeline_loads, workers=[survivor])[survivor] == 1
+    assert survivor in after and client.run(worker_cache.pipeline_loads, workers=[survivor])[survivor] == 1
 
 
 class _RecordRestrictions:

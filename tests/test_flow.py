@@ -11,12 +11,12 @@ import yaml
 from PIL import Image
 
 import flows.rendering as rendering
-from flows import AnimationJob, animate, engines, task_runner_for
+from flows import AnimationJob, animate, task_runner_for, worker_cache
 from flows.deployments import animate_inbox
-from flows.engines import EngineRequest, EngineSlot
 from flows.frames_io import frame_path
-from flows.job import JobInputError
-from flows.plan import ChunkRequest, FramePlan
+from flows.job import JobInputError, ModelSpec, RenderSettings
+from flows.plan import ChunkRequest, EngineRequest, FramePlan
+from flows.worker_cache import EngineSlot
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -40,8 +40,9 @@ def make_job(image, out, **sections) -> AnimationJob:
     data = {
         "source": {"image": str(image), "prompt": "a photo of a cat"},
         "frames": {"prompts": PROMPTS},
-        "settings": {"width": 64, "height": 64, "steps": STEPS, "start_step": 1, "batch_size": 2},
-        "output": {"folder": str(out), "fps": 5, "chunk_size": 2},
+        "settings": {"width": 64, "height": 64, "steps": STEPS, "start_step": 1},
+        "output": {"folder": str(out), "fps": 5},
+        "execution": {"chunk_size": 2, "batch_size": 2},
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
@@ -146,8 +147,6 @@ def test_rerun_renders_nothing(first_run):
     assert result.frames_rendered == 0 and result.frames_skipped == 4
     assert all(v == 0 for v in result.unet_calls.values()), result.unet_calls
     assert result.inversion_cached
-    states = task_states(flow_run_id(state))
-    assert [s for name, s in states.items() if name.startswith("invert-source")] == ["Cached"], states
     assert {p: Path(p).stat().st_mtime_ns for p in result.frames} == mtimes  # frames not rewritten
 
 
@@ -155,7 +154,14 @@ def test_resume_after_a_crash_renders_only_missing_frames(first_run, tmp_path, m
     job, _, reference = first_run
     resumed_job = job.model_copy(update={"output": job.output.model_copy(update={"folder": tmp_path / "out"})})
 
-    monkeypatch.setenv(rendering.FAIL_CHUNK_ENV, "1")  # the second chunk (frames 2, 3) "crashes"
+    real = rendering.render_chunk_frames
+
+    def crash_second_chunk(chunk, *args, **kwargs):  # frames 2, 3 "crash" before anything is written
+        if chunk.index == 1:
+            raise RuntimeError("worker lost (injected by the test)")
+        return real(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(rendering, "render_chunk_frames", crash_second_chunk)
     state = animate(resumed_job, return_state=True)
     assert state.is_failed()
     assert "run the same job again" in str(state.result(raise_on_failure=False))
@@ -163,7 +169,7 @@ def test_resume_after_a_crash_renders_only_missing_frames(first_run, tmp_path, m
     assert [frame_path(job_dir, i).is_file() for i in range(4)] == [True, True, False, False]
     assert not (job_dir / "animation.gif").exists() and not (job_dir / "result.json").exists()
 
-    monkeypatch.delenv(rendering.FAIL_CHUNK_ENV)
+    monkeypatch.setattr(rendering, "render_chunk_frames", real)
     result = animate(resumed_job, return_state=True).result()
     assert result.frames_rendered == 2 and result.frames_skipped == 2
     assert result.unet_calls["frame_samples"] == 2 * 2 * STEPS and result.unet_calls["inversion_calls"] == 0
@@ -206,7 +212,7 @@ def test_poses_drive_frames_with_side_by_side_preview(cat_png, tmp_path, three_p
 
 
 def test_prompt_pose_count_mismatch_fails_before_any_model_load(cat_png, tmp_path, three_poses):
-    loads = engines.pipeline_loads()
+    loads = worker_cache.pipeline_loads()
     job = make_job(cat_png, tmp_path / "out",
                    frames={"prompts": ["a cat", "a cat"], "poses": {"kind": "openpose_json", "path": str(three_poses)}},
                    model={"model": "tiny", "controlnet": "tiny"})
@@ -214,7 +220,7 @@ def test_prompt_pose_count_mismatch_fails_before_any_model_load(cat_png, tmp_pat
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, JobInputError) and error.field == "frames.prompts"
-    assert engines.pipeline_loads() == loads
+    assert worker_cache.pipeline_loads() == loads
     assert not (tmp_path / "out").exists()
 
 
@@ -275,7 +281,7 @@ class FakeEngine:
     def __init__(self, ooms=0):
         self.ooms, self.batches, self.stats = ooms, [], FakeStats()
 
-    def render(self, inv, source_prompt, frames, batch_size):
+    def render(self, inv, source_prompt, frames, batch_size, anchor=None):
         import torch
 
         self.batches.append([f.prompt for f in frames])
@@ -283,20 +289,18 @@ class FakeEngine:
             self.ooms -= 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         self.stats.frame_calls += 1
-        return [Image.new("RGB", (8, 8), (int(f.prompt), 0, 0)) for f in frames]
+        return [Image.new("RGB", (64, 64), (int(f.prompt), 0, 0)) for f in frames]
 
 
 @pytest.fixture
 def fake_engine(monkeypatch):
-    import masactrl_engine
-
     holder = {}
 
-    def get_engine(request):
+    def get_engine(model, config):
         return holder["slot"]
 
-    monkeypatch.setattr(engines, "get_engine", get_engine)
-    monkeypatch.setattr(masactrl_engine.InvertedSource, "load", classmethod(lambda cls, folder, device=None: None))
+    monkeypatch.setattr(worker_cache, "get_engine", get_engine)
+    monkeypatch.setattr(rendering, "load_inversion", lambda folder, device=None, logger=None: object())
 
     def install(engine):
         holder["slot"] = EngineSlot(engine)
@@ -306,30 +310,31 @@ def fake_engine(monkeypatch):
 
 
 def chunk(tmp_path, indices, batch_size=4):
-    request = EngineRequest(model="tiny", num_steps=2, guidance_scale=7.5, start_step=0, start_layer=10,
-                            source_correction=True, controlnet_scale=1.0, negative_prompt="")
+    request = EngineRequest(model=ModelSpec(model="tiny"),
+                            settings=RenderSettings(width=64, height=64, steps=2, start_step=0))
     return ChunkRequest(index=0, job_dir=str(tmp_path), inversion_dir=str(tmp_path / "inv"), source_prompt="src",
-                        frames=[FramePlan(index=i, prompt=str(i)) for i in indices], width=8, height=8,
+                        frames=[FramePlan(index=i, prompt=str(i)) for i in indices],
                         batch_size=batch_size, engine=request)
 
 
 def test_chunk_skips_frames_on_disk(tmp_path, fake_engine):
     engine = fake_engine(FakeEngine())
-    frame_path(tmp_path, 1).parent.mkdir(parents=True)
-    Image.new("RGB", (8, 8)).save(frame_path(tmp_path, 1))
+    from flows.frame_manifest import write_frame
+
+    write_frame(Image.new("RGB", (64, 64)), tmp_path, 1)  # a finished frame: PNG and its digest
     report = rendering.render_chunk_frames(chunk(tmp_path, [0, 1, 2]))
     assert engine.batches == [["0", "2"]]
-    assert report["rendered"] == [0, 2] and report["skipped"] == [1] and report["stats"] == {"frame_calls": 1}
+    assert report.rendered == [0, 2] and report.skipped == [1] and report.stats == {"frame_calls": 1}
     assert png(frame_path(tmp_path, 2))[0, 0, 0] == 2
     again = rendering.render_chunk_frames(chunk(tmp_path, [0, 1, 2]))
-    assert again["rendered"] == [] and engine.batches == [["0", "2"]]
+    assert again.rendered == [] and engine.batches == [["0", "2"]]
 
 
 def test_chunk_out_of_memory_retries_once_with_a_smaller_batch(tmp_path, fake_engine):
     engine = fake_engine(FakeEngine(ooms=1))
     report = rendering.render_chunk_frames(chunk(tmp_path, [0, 1, 2, 3], batch_size=4))
     assert engine.batches == [["0", "1", "2", "3"], ["0", "1"], ["2", "3"]]
-    assert report["rendered"] == [0, 1, 2, 3]
+    assert report.rendered == [0, 1, 2, 3]
 
 
 def test_chunk_out_of_memory_twice_fails_but_keeps_written_frames(tmp_path, fake_engine):
@@ -339,14 +344,6 @@ def test_chunk_out_of_memory_twice_fails_but_keeps_written_frames(tmp_path, fake
     with pytest.raises(torch.cuda.OutOfMemoryError):
         rendering.render_chunk_frames(chunk(tmp_path, [0, 1, 2, 3], batch_size=4))
     assert engine.batches == [["0", "1", "2", "3"], ["0", "1"]]
-    assert not frame_path(tmp_path, 0).exists()
-
-
-def test_injected_failure_hook(tmp_path, fake_engine, monkeypatch):
-    fake_engine(FakeEngine())
-    monkeypatch.setenv(rendering.FAIL_CHUNK_ENV, "0")
-    with pytest.raises(rendering.InjectedFailure, match="chunk 0"):
-        rendering.render_chunk_frames(chunk(tmp_path, [0]))
     assert not frame_path(tmp_path, 0).exists()
 
 

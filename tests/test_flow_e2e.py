@@ -88,7 +88,8 @@ def test_server_serve_submit(tmp_path, tiny_checkpoint):
         "source": {"image": "cat.png", "prompt": "a photo of a cat"},
         "frames": {"prompts": ["a photo of a cat sitting", "a photo of a cat standing", "a photo of a cat jumping"]},
         "settings": {"width": 64, "height": 64, "steps": 3, "start_step": 1},
-        "output": {"folder": str(tmp_path / "out"), "fps": 5, "chunk_size": 2},
+        "output": {"folder": str(tmp_path / "out"), "fps": 5},
+        "execution": {"chunk_size": 2},
     }
     (jobs / "job.yaml").write_text(yaml.safe_dump(job))
     inbox = tmp_path / "inbox"

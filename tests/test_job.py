@@ -10,7 +10,8 @@ import yaml
 from PIL import Image
 from pydantic import ValidationError
 
-from flows.job import AnimationJob, JobInputError, describe_validation_error
+from flows.job import (AnimationJob, JobInputError, ModelSpec, MovedFieldWarning, NotHashed, RenderSettings, SourceSpec,
+                       describe_validation_error)
 from flows.jobfiles import JobFileError, load_job, load_job_data, parse_override, set_dotted
 from flows.plan import plan_job
 
@@ -111,7 +112,8 @@ INVALID = [
     ("settings.start_layer", lambda t: {"settings.start_layer": 16}),
     ("settings.guidance_scale", lambda t: {"settings.guidance_scale": 0.5}),
     ("settings.controlnet_scale", lambda t: {"settings.controlnet_scale": -1}),
-    ("settings.batch_size", lambda t: {"settings.batch_size": 0}),
+    ("execution.batch_size", lambda t: {"execution.batch_size": 0}),
+    ("execution.batch_size", lambda t: {"execution.batch_size": True}),  # a bool is not a number
     ("output.folder", lambda t: {"output.folder": str(t / "out" / ".." / "elsewhere")}),
     ("output.folder", lambda t: {"output.folder": "../escape"}),
     ("output.folder", lambda t: {"output.folder": _a_file(t)}),
@@ -119,7 +121,8 @@ INVALID = [
     ("output.fps", lambda t: {"output.fps": 0}),
     ("output.fps", lambda t: {"output.fps": 500}),
     ("output.loop", lambda t: {"output.loop": -1}),
-    ("output.chunk_size", lambda t: {"output.chunk_size": 0}),
+    ("execution.chunk_size", lambda t: {"execution.chunk_size": 0}),
+    ("execution.chunk_size", lambda t: {"execution.chunk_size": True}),
     ("output.fsp", lambda t: {"output.fsp": 12}),  # typo: unknown keys are errors
     ("execution.runner", lambda t: {"execution.runner": "processes"}),
     ("execution.workers", lambda t: {"execution.workers": 0}),
@@ -240,22 +243,119 @@ def test_json_job_file_may_wrap_the_job(image, tmp_path):
 # ------------------------------------------------------------------ plan: hashes, poses, counts
 
 
-def test_job_hash_covers_what_determines_frames_only(image, tmp_path):
-    def digest(**changes):
-        return plan_job(AnimationJob.model_validate(base(image, tmp_path, **changes)), write=False).job_hash
+def _other_value(model_cls, name, current):
+    """A valid value different from ``current`` for any field type the job models use."""
+    import typing
 
-    h = digest()
-    assert h == digest()
-    for changes in ({"output.fps": 20}, {"output.chunk_size": 1}, {"output.gif": False},
-                    {"settings.batch_size": 1}, {"execution.workers": 2}, {"output.folder": str(tmp_path / "o2")}):
-        assert digest(**changes) == h, changes
-    for changes in ({"frames.prompts": ["a cat standing", "a cat sitting"]}, {"settings.steps": 5},
-                    {"settings.start_layer": 8}, {"settings.guidance_scale": 5.0}, {"source.prompt": "a cat"},
-                    {"settings.width": 72}, {"source.inversion_prompt": "x"}, {"source.fit": "stretch"}):
-        assert digest(**changes) != h, changes
+    if name == "device":
+        return "cpu" if current != "cpu" else "cuda"
+    info = model_cls.model_fields[name]
+    bounds = {type(m).__name__: m for m in info.metadata}
+    if isinstance(current, bool):
+        return not current
+    choices = [a for a in typing.get_args(info.annotation) if isinstance(a, str)]
+    if choices:
+        return next(c for c in choices if c != current)
+    if isinstance(current, int):
+        step = getattr(bounds.get("MultipleOf"), "multiple_of", 1)
+        upper = getattr(bounds.get("Le"), "le", None)
+        return current - step if upper is not None and current + step > upper else current + step
+    if isinstance(current, float):
+        return current / 2 if current else 0.5
+    if isinstance(current, str) or current is None:
+        return (current or "") + " lowres"
+    raise AssertionError(f"no perturbation for {model_cls.__name__}.{name} = {current!r}")
+
+
+def _hash_of(data):
+    return plan_job(AnimationJob.model_validate(data), write=False).job_hash
+
+
+def test_every_render_setting_changes_the_job_hash(image, tmp_path):
+    """Walk every field of RenderSettings, so a setting added later is covered without editing this test."""
+    data = base(image, tmp_path, **{"settings.steps": 8, "settings.start_step": 2, "settings.start_layer": 8})
+    h = _hash_of(data)
+    assert h == _hash_of(data)
+    settings = AnimationJob.model_validate(data).settings
+    for name in RenderSettings.model_fields:
+        value = _other_value(RenderSettings, name, getattr(settings, name))
+        assert _hash_of(base(image, tmp_path, **{**{f"settings.{k}": v for k, v in data["settings"].items()},
+                                                  f"settings.{name}": value})) != h, name
+
+
+def test_source_and_model_fields_change_the_job_hash_unless_marked(image, tmp_path):
+    data = base(image, tmp_path, **{"source.subject": "cat", "frames.prompts": ["a cat standing"]})
+    h = _hash_of(data)
+    job = AnimationJob.model_validate(data)
+    for model_cls, section, current in ((SourceSpec, "source", job.source), (ModelSpec, "model", job.model)):
+        for name, info in model_cls.model_fields.items():
+            if name in ("image", "model", "controlnet", "prompt", "subject"):
+                continue  # need valid files/ids or words of the prompts; covered below
+            value = _other_value(model_cls, name, getattr(current, name))
+            changed = _hash_of(base(image, tmp_path, **{"source.subject": "cat", "frames.prompts": ["a cat standing"],
+                                                        f"{section}.{name}": value}))
+            marked = any(isinstance(m, NotHashed) for m in info.metadata)
+            assert (changed == h) == marked, f"{section}.{name}"
+    assert _hash_of(base(image, tmp_path, **{"frames.prompts": ["a photo of a cat standing"],
+                                            "source.subject": "photo"})) != _hash_of(
+        base(image, tmp_path, **{"frames.prompts": ["a photo of a cat standing"], "source.subject": "cat"}))
+    assert _hash_of(base(image, tmp_path, **{"source.prompt": "a photo of one cat", "frames.prompts": ["a cat standing"],
+                                            "source.subject": "cat"})) != h
+    posed = {"frames.prompts": ["a cat walking"], "model.controlnet": "tiny",
+             "frames.poses": {"kind": "openpose_json", "path": str(WALK)}}
+    assert _hash_of(base(image, tmp_path, **posed)) != _hash_of(base(image, tmp_path, **posed,
+                                                                     **{"settings.controlnet_scale": 0.5}))
     other = tmp_path / "other.png"
     Image.new("RGB", (80, 60), (1, 2, 3)).save(other)
-    assert digest(**{"source.image": str(other)}) != h
+    assert _hash_of(base(image, tmp_path, **{"source.image": str(other)})) != _hash_of(base(image, tmp_path))
+    same_bytes = tmp_path / "copy.png"
+    shutil.copy(image, same_bytes)  # another path, the same bytes: the same frames
+    assert _hash_of(base(image, tmp_path, **{"source.image": str(same_bytes)})) == _hash_of(base(image, tmp_path))
+
+
+def test_output_and_execution_never_change_the_frame_cache_key(image, tmp_path):
+    h = _hash_of(base(image, tmp_path))
+    for changes in ({"output.fps": 20}, {"output.gif": False}, {"output.mp4": False}, {"output.loop": 3},
+                    {"execution.chunk_size": 1}, {"execution.batch_size": 1}, {"execution.workers": 2},
+                    {"execution.runner": "dask"}, {"model.device": "cpu"}, {"name": "renamed"}):
+        assert _hash_of(base(image, tmp_path, **changes)) == h, changes
+    assert Path(plan_job(AnimationJob.model_validate(base(image, tmp_path, **{"output.folder": str(tmp_path / "o2")})),
+                         write=False).job_dir).name == h[:16]
+
+
+def test_inversion_key_ignores_masactrl_settings(image, tmp_path):
+    def key(**changes):
+        return plan_job(AnimationJob.model_validate(base(image, tmp_path, **changes)), write=False).inversion.key
+
+    k = key()
+    for changes in ({"settings.start_step": 2}, {"settings.start_layer": 8}, {"settings.guidance_scale": 3.0},
+                    {"settings.controlnet_scale": 0.5}, {"source.subject": "cat", "frames.prompts": ["a cat"]}):
+        assert key(**changes) == k, changes
+    for changes in ({"settings.steps": 5}, {"settings.width": 72}, {"source.inversion_prompt": "x"},
+                    {"source.fit": "stretch"}, {"model.dtype": "float16"}):
+        assert key(**changes) != k, changes
+
+
+def test_moved_fields_keep_old_job_files_working(image, tmp_path):
+    data = base(image, tmp_path)
+    data["settings"]["batch_size"] = 2
+    data["output"]["chunk_size"] = 3
+    with pytest.warns(MovedFieldWarning, match="settings.batch_size moved to execution.batch_size"):
+        job = AnimationJob.model_validate(data)
+    assert job.execution.batch_size == 2 and job.execution.chunk_size == 3
+    data["execution"] = {"batch_size": 4}
+    with pytest.raises(ValidationError, match="settings.batch_size moved to execution.batch_size, which is also set"):
+        AnimationJob.model_validate(data)
+
+
+def test_the_model_must_be_named(image, tmp_path, monkeypatch):
+    monkeypatch.delenv("MASACTRL_MODEL", raising=False)
+    with pytest.raises(ValidationError) as info:
+        AnimationJob.model_validate(base(image, tmp_path))
+    (line,) = describe_validation_error(info.value)
+    assert line.startswith("model.model: no checkpoint named") and "MASACTRL_MODEL" in line
+    monkeypatch.setenv("MASACTRL_MODEL", "tiny")  # the deployment's default
+    assert AnimationJob.model_validate(base(image, tmp_path)).model.model == "tiny"
 
 
 def test_plan_layout_and_no_writes_when_asked(image, tmp_path):
