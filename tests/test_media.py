@@ -251,3 +251,40 @@ def test_finished_files_follow_the_umask(tmp_path, umask, mode):
     for path in [png, js, *map(Path, outputs.values())]:
         assert stat.S_IMODE(path.stat().st_mode) == mode, (path.name, oct(path.stat().st_mode))
     assert not [p for p in tmp_path.rglob(".*tmp*")]  # no temporary files left behind
+
+
+def test_serve_starts_the_media_server_and_points_flow_runs_at_it(monkeypatch, tmp_path, media_tree):
+    from flows.cli import _start_media, build_parser
+
+    root, job = media_tree
+    for var in ("MASACTRL_MEDIA_URL", "MASACTRL_MEDIA_ROOT", "MASACTRL_OUTPUT_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    args = build_parser().parse_args(["serve", "--media-root", str(root), "--media-port", "0"])
+    assert not args.no_media
+    running = _start_media(args)
+    try:
+        assert os.environ["MASACTRL_MEDIA_URL"] == running.url and os.environ["MASACTRL_MEDIA_ROOT"] == str(root)
+        url = media_url(job / "animation.gif")
+        assert url == f"{running.url}/{job.name}/animation.gif"
+        assert httpx.get(url, timeout=10).content == (job / "animation.gif").read_bytes()
+        # a busy port given explicitly is an error, not a silent move
+        busy = build_parser().parse_args(["serve", "--media-root", str(root), "--media-port", str(running.port)])
+        assert _start_media(busy) is None
+    finally:
+        running.stop()
+    # an operator's URL (a proxy) is kept; without --media-port a busy default port moves to a free one
+    monkeypatch.setenv("MASACTRL_MEDIA_URL", "https://media.example.com")
+    monkeypatch.delenv("MASACTRL_MEDIA_ROOT")
+    with socket.socket() as blocker:
+        try:
+            blocker.bind(("127.0.0.1", 4300))
+            blocker.listen()
+        except OSError:
+            pass  # something on this machine holds it already: busy all the same
+        running = _start_media(build_parser().parse_args(["serve", "--media-root", str(root)]))
+        try:
+            assert running.port != 4300
+            assert os.environ["MASACTRL_MEDIA_URL"] == "https://media.example.com"
+        finally:
+            running.stop()
+    assert build_parser().parse_args(["serve", "--no-media"]).no_media
