@@ -98,8 +98,11 @@ def is_complete_png(path: str | os.PathLike, size: tuple[int, int] | None = None
 
 
 def missing_frames(job_dir: str | os.PathLike, indices: Iterable[int], size: tuple[int, int] | None = None) -> list[int]:
-    """The frame indices among ``indices`` that have no complete PNG on disk yet."""
-    return [i for i in indices if not is_complete_png(frame_path(job_dir, i), size)]
+    """The frame indices among ``indices`` that have no verified PNG on disk yet: missing, or not
+    matching the digest written with it (``flows.frame_manifest``), so they are rendered again."""
+    from .frame_manifest import unverified_frames
+
+    return unverified_frames(job_dir, indices, size)
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:

@@ -223,7 +223,12 @@ def finished_result(job: AnimationJob) -> Optional[Path]:
         paths = list(doc.get("outputs", {}).values()) + list(doc.get("frames", []))
     except (OSError, ValueError, AttributeError):
         return None
-    return result if all(Path(p).exists() for p in paths) else None
+    if not all(Path(p).exists() for p in paths):
+        return None
+    # A frame that no longer matches its digest (cut, overwritten) means the job must run again.
+    from .frame_manifest import all_verified
+
+    return result if all_verified(doc.get("frames", [])) else None
 
 
 __all__ = [

@@ -128,9 +128,20 @@ def stitch_outputs(
     loop: int = 0,
     pose_paths: Sequence[str | os.PathLike] | None = None,
     stem: str = "animation",
+    verify_frames: bool = False,
 ) -> dict[str, str]:
-    """Everything a finished job shows: returns {"gif", "mp4", "contact_sheet", "side_by_side_gif", ...}: path."""
-    frames = [load_rgb(p) for p in frame_paths]
+    """Everything a finished job shows: returns {"gif", "mp4", "contact_sheet", "side_by_side_gif", ...}: path.
+
+    ``verify_frames``: load every frame through the frame manifest (``flows.frame_manifest``), so
+    a frame that does not match its digest stops the stitch with an error naming the file, before
+    anything is written. The flow always stitches this way; plain PNGs without digests need False.
+    """
+    if verify_frames:
+        from .frame_manifest import load_verified_frame
+
+        frames = [load_verified_frame(p) for p in frame_paths]
+    else:
+        frames = [load_rgb(p) for p in frame_paths]
     out_dir = Path(out_dir)
     outputs: dict[str, str] = {}
     if gif:

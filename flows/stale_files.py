@@ -1,0 +1,66 @@
+"""Temporary files a killed run left in its job folder (issue 13 C.8).
+
+``frames_io.atomic_write`` writes every file under a hidden temporary name beside its target,
+``.<stem>.<random token>.tmp<suffix>`` (e.g. ``.animation.3f9c2a1b07de.tmp.mp4``), and moves it
+into place when complete. A ``kill -9`` during MP4 encoding leaves that file behind. The next run
+of the same job removes such files from the job folder and its ``frames/`` and ``poses/``.
+
+Only files of that exact pattern are touched, and only when they were last written before the
+run started (minus a few seconds of grace): a file still being written by a concurrent run of the
+same job (two identical runs at once are allowed) is modified continually and is kept. No lock is
+needed for that: a writer that stopped writing for longer than the grace is dead or finished, and
+a finished writer has already renamed its file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from . import frames_io
+
+log = logging.getLogger("flows.stale_files")
+
+# ".<stem>.<token>.tmp<.suffix>": tempfile.mkstemp's 8 characters or a hex token.
+TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<token>[A-Za-z0-9_]{6,32})\.tmp(?P<suffix>\.[A-Za-z0-9]{1,8})?$")
+GRACE_SECONDS = 5.0
+SUBFOLDERS = ("", frames_io.FRAMES_DIR, frames_io.POSES_DIR)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file name of ``frames_io.atomic_write``."""
+    return TEMP_NAME.match(name) is not None
+
+
+def remove_stale_temp_files(job_dir: str | os.PathLike, started: float | None = None,
+                            grace: float = GRACE_SECONDS) -> list[Path]:
+    """Remove atomic-write temporary files in ``job_dir`` last modified before ``started - grace``.
+
+    ``started`` is the run's start (``time.time()``, the default: now). Returns what was removed;
+    logs one line when anything was.
+    """
+    started = time.time() if started is None else started
+    removed: list[Path] = []
+    for sub in SUBFOLDERS:
+        folder = Path(job_dir) / sub
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if not is_temp_name(entry.name):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= started - grace:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+            removed.append(Path(entry.path))
+    if removed:
+        log.warning("Removed %d temporary file(s) left by an interrupted run in %s: %s", len(removed), job_dir,
+                    ", ".join(str(p.relative_to(job_dir)) for p in removed))
+    return removed
