@@ -133,3 +133,48 @@ def test_frame_table_rows_with_thumbnails(media, tmp_path):
     # report objects (the flow's ChunkReport) give the same rows
     objects = [SimpleNamespace(rendered=[1, 2], frame_seconds={1: 0.51234, 2: 0.5})]
     assert frame_table(frames, job_dir, objects) == rows
+
+
+def test_publish_outputs_takes_the_flow_result(media, tmp_path, monkeypatch):
+    """What ``animate`` hands over (AnimationResult, the plan's frames, ChunkReports) becomes the
+    artifacts; Prefect's create functions are recorded instead of called."""
+    import uuid
+
+    import prefect.artifacts as pa
+
+    from flows.animate import AnimationResult
+    from flows.artifacts import publish_outputs
+
+    calls = []
+
+    def record(kind):
+        def create(*args, **kwargs):
+            calls.append((kind, args, kwargs))
+            return uuid.uuid4()
+        return create
+
+    for name in ("create_image_artifact", "create_link_artifact", "create_markdown_artifact",
+                 "create_table_artifact", "update_progress_artifact"):
+        monkeypatch.setattr(pa, name, record(name))
+    job_dir = tmp_path / "out" / HASH[:16]
+    fields = _result(job_dir)
+    result = AnimationResult.model_validate({
+        **{k: fields[k] for k in ("job_hash", "job_dir", "frames", "frame_count", "frames_rendered", "frames_skipped",
+                                  "gif", "mp4", "contact_sheet", "outputs", "timings", "unet_calls")},
+        "inversion_dir": str(tmp_path / "inv"), "inversion_cached": True,
+    })
+    frames = [SimpleNamespace(index=i, prompt=f"p{i}", pose=None) for i in range(4)]
+    progress_id = uuid.uuid4()
+    ids = publish_outputs(result, frames, [SimpleNamespace(rendered=[0, 1, 2], frame_seconds={})], "Cat", progress_id)
+    assert set(ids) == {f"{k}-cat-0123456789abcdef" for k in ("frames", "outputs", "gif", "mp4", "animation")}
+    by_kind = {kind: kwargs for kind, _, kwargs in calls}
+    assert calls[0][0] == "update_progress_artifact" and calls[0][1] == (progress_id,)
+    assert by_kind["update_progress_artifact"]["progress"] == 100.0
+    assert by_kind["update_progress_artifact"]["description"].endswith("100% (4/4 frames), done")
+    gif_url = f"http://media.test:4300/{HASH[:16]}/animation.gif"
+    assert by_kind["create_image_artifact"]["image_url"] == gif_url
+    assert f"![animation]({gif_url})" in by_kind["create_markdown_artifact"]["markdown"]
+    assert "inversion reused" in by_kind["create_markdown_artifact"]["markdown"]
+    assert [r["status"] for r in by_kind["create_table_artifact"]["table"]] == ["rendered"] * 3 + ["on disk"]
+    links = [kwargs["link"] for kind, _, kwargs in calls if kind == "create_link_artifact"]
+    assert links == [gif_url, gif_url.replace(".gif", ".mp4")]
