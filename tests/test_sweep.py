@@ -36,7 +36,7 @@ def test_sweep_mapping_nested_or_dotted_with_frames_and_grid_override():
 
 @pytest.mark.parametrize("grid, message", [
     (["settings.start_step=a"], "sweep settings.start_step: 'a' is not a valid value"),
-    (["settings.start_layer=4,99"], "sweep settings.start_layer: 99 is not a valid value"),
+    (["settings.start_layer=4,-1"], "sweep settings.start_layer: -1 is not a valid value (Input should be greater"),
     (["settings.start_stp=1"], "settings has no field 'start_stp'; its fields are width, height"),
     (["settings=1"], "sweep settings: is a section; sweep one of its fields: settings.width"),
     (["settings.start_step.x=1"], "settings.start_step is a value, not a section"),
