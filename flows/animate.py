@@ -33,7 +33,7 @@ from .models import TINY_NOTE, is_tiny
 from .plan import ChunkRequest, JobPlan
 from .rendering import ChunkReport
 from .runners import claim_gpu, make_task_runner, runner_settings_from_env, settings_for_execution
-from .tasks import invert_source, render_chunk, resolve_job, stitch
+from .tasks import invert_source, measure, render_chunk, resolve_job, stitch
 
 
 class AnimationResult(BaseModel):
@@ -56,6 +56,8 @@ class AnimationResult(BaseModel):
     unet_calls: dict[str, int] = Field(description="Engine UNet calls/samples by purpose (masactrl_engine.EngineStats), "
                                        "for this run only.")
     notes: list[str] = Field(default_factory=list, description="What a person should know about these frames.")
+    metrics: Optional[str] = Field(None, description="metrics.json of the job (quality.metrics).")
+    metrics_summary: Optional[str] = Field(None, description="The metrics in one line.")
 
 
 def task_runner_for(job: AnimationJob) -> TaskRunner:
@@ -165,6 +167,11 @@ def animate(job: AnimationJob) -> AnimationResult:
         logger.error(message)
         return Failed(message=message)
     notes = [TINY_NOTE.format(name=job.model.model)] if is_tiny(job.model) else []
+    if job.sweep is not None:
+        # One job file serves both commands: a run renders the job's own settings (e.g. with the
+        # sweep's best --set line); the grid is rendered by the sweep flow.
+        notes.append(f"the job's sweep section ({', '.join(job.sweep.grid) or 'no settings'}) is ignored by a run; "
+                     "`masactrl-animate sweep JOB` renders the grid")
     for note in notes:
         logger.warning(note)
 
@@ -226,8 +233,37 @@ def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, note
     )
     _publish(result, plan, reports, progress_id)
     frames_io.write_json_atomic(Path(plan.job_dir) / frames_io.RESULT_FILE, result.model_dump(mode="json"))
+    if job.quality.metrics:
+        result = _measured(job, plan, result)
     logger.info("Done: %d frames (%d rendered) in %.1f s -> %s", result.frame_count, rendered, timings["total"],
                 result.gif or result.mp4 or result.job_dir)
+    return result
+
+
+def _measured(job: AnimationJob, plan: JobPlan, result: AnimationResult) -> AnimationResult:
+    """Metrics of the finished frames. They describe the result, they are not the result: a
+    metric that fails is logged and noted, the job stays complete."""
+    from . import quality
+    from .artifacts import artifact_key
+
+    logger = get_run_logger()
+    detector_dir = str(job.quality.detector_dir) if job.quality.detector_dir else None
+    state = measure(plan.job_dir, job.quality.detector, detector_dir, return_state=True)
+    if not state.is_completed():
+        note = f"metrics not measured: {state.message}"
+        logger.warning(note)
+        result = result.model_copy(update={"notes": result.notes + [note]})
+    else:
+        metrics = state.result()
+        line = quality.summary_line(metrics)
+        create_table_artifact(
+            key=artifact_key("metrics", plan.job_hash, job.name),
+            table=[row.model_dump() for row in metrics.frames],
+            description=line,
+        )
+        result = result.model_copy(update={"metrics": str(Path(plan.job_dir) / quality.METRICS_FILE),
+                                           "metrics_summary": line})
+    frames_io.write_json_atomic(Path(plan.job_dir) / frames_io.RESULT_FILE, result.model_dump(mode="json"))
     return result
 
 

@@ -1,6 +1,7 @@
 """``masactrl-animate``: run, validate, demo, serve and submit animation jobs.
 
     masactrl-animate run job.yaml --set output.fps=12 --set settings.steps=30
+    masactrl-animate sweep job.yaml --grid settings.start_step=2,4,8 --grid settings.start_layer=8,10
     masactrl-animate demo
     masactrl-animate serve --inbox ./inbox
     masactrl-animate submit job.yaml            # waits, printing progress
@@ -56,6 +57,10 @@ def _print_result(result, as_json: bool) -> None:
     for name, value in rows:
         if value:
             print(f"{name + ':':15} {value}")
+    for note in result.notes:
+        print(f"{'note:':15} {note}")
+    if result.metrics_summary:
+        print(result.metrics_summary)
 
 
 def cmd_run(args) -> int:
@@ -95,6 +100,64 @@ def cmd_validate(args) -> int:
     except JobInputError as exc:
         return _print_invalid(args.job, exc)
     print(f"valid: {len(plan.frames)} frames -> {plan.job_dir}")
+    return EXIT_OK
+
+
+def _frame_indices(text: Optional[str]) -> Optional[list[int]]:
+    from .sweep import SweepError
+
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()] or None
+    except ValueError:
+        raise SweepError(f"sweep.frames: --frames {text!r} is not a list of frame indices; write e.g. --frames 0,3,7") from None
+
+
+def _print_sweep(result, job_file: str, overrides: Sequence[str]) -> None:
+    import shlex
+
+    from .sweep import CRITERIA
+
+    columns = ["rank", *result.axes, "score", *(name for name, _ in CRITERIA)]
+    rows = [[("n/a" if row.get(c) is None else str(row.get(c))) for c in columns] for row in result.table]
+    widths = [max(len(c), *(len(r[k]) for r in rows)) for k, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    print(f"{'grid:':15} {result.grid}")
+    print(f"{'ranking:':15} {result.ranking}")
+    for note in result.notes:
+        print(f"{'note:':15} {note}")
+    if result.best_set:
+        given = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+        print(f"best: masactrl-animate run {shlex.quote(job_file)} {given + ' ' if given else ''}{result.best_set}")
+
+
+def cmd_sweep(args) -> int:
+    job = _load(args.job, args.set)
+    if isinstance(job, int):
+        return job
+    from .progress import enable_terminal_progress
+    from .sweep import SweepError, parse_grid
+    from .sweep_flow import prepare_sweep, sweep
+
+    try:  # the grid, every cell and its plan, checked before Prefect or a model starts
+        grid = parse_grid(args.grid)
+        frames = _frame_indices(args.frames)
+        prepare_sweep(job, grid, frames, write=False)
+    except SweepError as exc:
+        return _print_invalid(args.job, exc)
+    enable_terminal_progress(not args.no_progress)
+    state = sweep(job, grid or None, frames, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not state.is_completed():
+        print(f"sweep failed: {state.message or result}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        _print_sweep(result, args.job, args.set)
     return EXIT_OK
 
 
@@ -319,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a job file without loading any model")
     job_args(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("sweep", help="render a grid of settings from one inversion, rank the cells, print the best "
+                       "as --set options")
+    job_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a swept setting: --grid settings.start_step=2,4,8 (repeatable; adds to the job's sweep:, "
+                   "replacing an axis of the same key)")
+    p.add_argument("--frames", default=None, metavar="I,J,...",
+                   help="frame indices rendered per cell (default: the job's sweep.frames, else 4 spread out)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("metrics", help="(re)compute the quality metrics of a finished job folder -> metrics.json")
     p.add_argument("job_dir", help="a finished job folder (<output.folder>/<job hash>, holding result.json)")

@@ -110,8 +110,11 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         return img.convert("RGB")
 
 
-def write_poses(job_dir: str | os.PathLike, maps: list[Image.Image]) -> list[Path]:
-    """Write the pose maps, then the index that says they are complete."""
+def write_poses(job_dir: str | os.PathLike, maps: list[Image.Image], keypoints: list[str] | None = None) -> list[Path]:
+    """Write the pose maps (and, when given, each frame's requested keypoints as OpenPose JSON,
+    ``pose_0000.json``, for the pose-fidelity metric), then the index that says they are complete."""
+    for i, text in enumerate(keypoints or ()):
+        write_bytes_atomic(pose_path(job_dir, i).with_suffix(".json"), text.encode("utf-8"))
     paths = [save_png_atomic(m.convert("RGB"), pose_path(job_dir, i)) for i, m in enumerate(maps)]
     write_json_atomic(Path(job_dir) / POSES_DIR / POSES_INDEX, {"count": len(paths), "files": [p.name for p in paths]})
     return paths

@@ -466,6 +466,82 @@ class MovedFieldWarning(UserWarning):
     """A job file uses a field's old place."""
 
 
+class QualitySpec(_Model):
+    """The numbers measured on every finished job (metrics.json); nothing here changes a pixel."""
+
+    model_config = ConfigDict(title="Quality metrics")
+
+    metrics: bool = Field(True, description="Measure flicker, colour consistency, pose fidelity and source PSNR "
+                          "after stitching (metrics.json and a table in the run's artifacts).")
+    detector: Literal["mediapipe", "openpose"] = Field(
+        "mediapipe", description="Pose detector for pose fidelity: 'mediapipe' ships with the project; 'openpose' "
+        "needs its weights in detector_dir.")
+    detector_dir: Optional[Path] = Field(None, description="Folder with OpenPose weights (body_pose_model.pth), "
+                                         "for detector 'openpose'.")
+
+    @model_validator(mode="after")
+    def _weights_for_openpose(self):
+        if self.detector == "openpose":
+            if self.detector_dir is None:
+                raise ValueError("quality.detector_dir: detector 'openpose' needs the folder of its weights "
+                                 "(body_pose_model.pth); or use detector 'mediapipe'")
+            if not Path(self.detector_dir).expanduser().is_dir():
+                raise ValueError(f"quality.detector_dir: {str(self.detector_dir)!r} is not a folder")
+        return self
+
+
+class SweepSection(_Model):
+    """A grid of settings for ``masactrl-animate sweep`` (flows/sweep_flow.py). The ``animate``
+    flow ignores it (it renders the job's own settings), so one job file serves both commands."""
+
+    model_config = ConfigDict(title="Sweep")
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Setting -> the values to try, e.g. {'settings.start_step': [2, 4, 8], "
+        "'settings.start_layer': [8, 10]}; every combination is one cell.",
+    )
+    frames: Optional[list[int]] = Field(
+        None, description="Frame indices rendered per cell; empty = up to 4 spread over the sequence.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_form(cls, data: Any) -> Any:
+        # A job file may write the settings right under `sweep:` (``sweep: {settings.start_step: [2, 4]}``
+        # or nested ``sweep: {settings: {start_step: [2, 4]}}``) beside `frames`; they belong to `grid`.
+        from .sweep import SweepError, _flatten
+
+        if not isinstance(data, dict):
+            return data
+        rest = {k: v for k, v in data.items() if k not in ("grid", "frames")}
+        grid = data.get("grid") or {}
+        if not isinstance(grid, dict):
+            return data  # the field's own type error names sweep.grid
+        try:
+            flat = {**_flatten(rest), **_flatten(grid)}
+        except SweepError as exc:
+            raise ValueError(str(exc)) from None
+        return {"grid": flat, **({"frames": data["frames"]} if "frames" in data else {})}
+
+    @model_validator(mode="after")
+    def _valid_grid(self):
+        from .sweep import SweepError, _frame_list, parse_sweep
+
+        # An empty grid is allowed: the command line may give the axes (--grid).
+        try:
+            if self.grid:
+                spec = parse_sweep({**self.grid, "frames": self.frames})
+                grid, frames = {a.key: a.values for a in spec.axes}, spec.frames
+            else:
+                grid, frames = {}, _frame_list(self.frames)
+        except SweepError as exc:
+            raise ValueError(str(exc)) from None
+        # Stored typed and flat (dotted keys), as the sweep reads them.
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "frames", frames)
+        return self
+
+
 # Fields that moved between sections: old job files keep working, with a warning naming the new place.
 MOVED_FIELDS = {("settings", "batch_size"): ("execution", "batch_size"),
                 ("output", "chunk_size"): ("execution", "chunk_size")}
@@ -487,6 +563,9 @@ class AnimationJob(_Model):
     settings: RenderSettings = Field(default_factory=RenderSettings, description="Size, steps, guidance, MasaCtrl window.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output folder and formats.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Task runner for the render tasks.")
+    quality: QualitySpec = Field(default_factory=QualitySpec, description="Metrics measured on the finished frames.")
+    sweep: Optional[SweepSection] = Field(
+        None, description="Optional grid of settings for `masactrl-animate sweep` (ignored by a plain run).")
 
     @model_validator(mode="before")
     @classmethod

@@ -206,15 +206,27 @@ def sha256_image_pixels(image) -> str:
     return h.hexdigest()
 
 
-def resolve_pose_maps(job: AnimationJob) -> Optional[list]:
-    """The job's pose maps at the output size, or None without poses; counts and sizes checked."""
+def resolve_pose_maps(job: AnimationJob) -> Optional[tuple[list, list]]:
+    """The job's pose maps at the output size and the poses they draw, or None without poses;
+    counts and sizes checked."""
     if job.frames.poses is None:
         return None
     import pose_sources
 
     size = (job.settings.width, job.settings.height)
+    source = None
+    if getattr(job.frames.poses, "retarget", "none") == "source":
+        if job.source.image is None:
+            raise JobInputError("frames.poses.retarget", "'source' needs a source image to find the subject in; "
+                                "give source.image, or set frames.poses.retarget: none in synthesis mode")
+        from PIL import Image
+
+        from .rendering import fit_source
+
+        with Image.open(job.source.image) as image:  # the same crop the inversion sees, at full resolution
+            source = fit_source(image.convert("RGB"), size[0], size[1], job.source.fit)
     try:
-        seq = pose_sources.load(job.frames.poses, size=size)
+        seq = pose_sources.load(job.frames.poses, size=size, source_image=source)
         maps = seq.render(size)
     except pose_sources.PoseSourceError as exc:
         raise JobInputError("frames.poses", str(exc)) from exc
@@ -223,7 +235,7 @@ def resolve_pose_maps(job: AnimationJob) -> Optional[list]:
     for i, m in enumerate(maps):
         if m.size != size:
             raise JobInputError("frames.poses", f"pose map {i} is {m.size[0]}x{m.size[1]}, expected {size[0]}x{size[1]}")
-    return maps
+    return maps, list(seq.poses)
 
 
 def apply_overrides(job: AnimationJob, frames: list[FramePlan]) -> list[FramePlan]:
@@ -290,7 +302,8 @@ def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
     """Resolve poses, check counts, hash; with ``write`` store job.json and the pose maps in the job folder."""
     check_model(job)
     image_sha = sha256_file(job.source.image) if job.source.image is not None else None
-    maps = resolve_pose_maps(job)
+    resolved = resolve_pose_maps(job)
+    maps, poses = resolved if resolved is not None else (None, None)
     prompts = job.frames.prompts_for(None if maps is None else len(maps), job.source.prompt)
     if not prompts:
         raise JobInputError("frames.prompts", "no frames to render; give at least one prompt")
@@ -307,7 +320,7 @@ def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
         existing = frames_io.read_poses_index(job_dir)
         paths = existing if existing is not None and len(existing) == len(maps) else None
         if paths is None and write:
-            paths = frames_io.write_poses(job_dir, maps)
+            paths = frames_io.write_poses(job_dir, maps, [pose.to_json() for pose in poses])
         paths = paths or [frames_io.pose_path(job_dir, i) for i in range(len(maps))]
         frames = [f.model_copy(update={"pose": str(p)}) for f, p in zip(frames, paths)]
     if write:

@@ -23,6 +23,8 @@ from . import frame_manifest, frames_io, worker_cache
 from .plan import ChunkRequest, FramePlan, InversionRequest, control_config
 
 log = logging.getLogger("flows.rendering")
+SOURCE_DECODE_FILE = "source_decode.png"
+
 
 
 class InversionResult(BaseModel):
@@ -113,6 +115,8 @@ def load_inversion(folder: str | Path, device=None, logger: logging.Logger | Non
 
 def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = None) -> InversionResult:
     """Invert the source into ``request.folder`` unless a valid inversion is already there."""
+    from masactrl_engine.images import to_output
+
     logger = logger or log
     folder = Path(request.folder)
     t0 = time.perf_counter()
@@ -137,7 +141,11 @@ def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = 
                 inv = slot.engine.synthesize(request.generate_prompt, seed=request.seed, height=s.height, width=s.width)
                 source = inv.image
             stats = _delta(before, _stats(slot.engine))
+            # The source branch's final decode: with source correction it ends on the encoded source, so
+            # this is the VAE round trip, what the metrics' source PSNR compares with the source.
+            decoded = slot.engine.decode(inv.trajectory[:1].to(slot.engine.device, slot.engine.dtype))
         folder.mkdir(parents=True, exist_ok=True)
+        frames_io.save_png_atomic(to_output(decoded, "pil")[0], folder / SOURCE_DECODE_FILE)
         # What the engine inverted (it resizes with bicubic filtering), for people and previews.
         frames_io.save_png_atomic(source.resize((s.width, s.height), Image.Resampling.BICUBIC), folder / "source.png")
         inv.save(folder)

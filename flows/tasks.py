@@ -69,6 +69,17 @@ def render_chunk(chunk: ChunkRequest) -> rendering.ChunkReport:
         return rendering.render_chunk_frames(chunk, _logger())
 
 
+@task(name="measure", cache_policy=NO_CACHE)
+def measure(job_dir: str, detector: str = "mediapipe", detector_dir: Optional[str] = None):
+    """Weight-free metrics of the finished frames (flows/quality.py), written to metrics.json."""
+    from . import quality
+
+    metrics = quality.compute_job_metrics(job_dir, detector_kind=detector, detector_dir=detector_dir)
+    quality.write_metrics(job_dir, metrics)
+    _logger().info(quality.summary_line(metrics))
+    return metrics
+
+
 @task(name="stitch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def stitch(
     frame_paths: list[str],

@@ -117,6 +117,11 @@ def test_outputs_read_back(first_run):
     assert calls["frame_calls"] == 2 * STEPS  # two batches of two frames
     assert not result.inversion_cached
     assert set(result.timings) == {"resolve", "invert", "render", "stitch", "total"}
+    assert any("random weights" in note for note in result.notes)  # the tiny model says it draws noise
+    metrics = json.loads(Path(result.metrics).read_text())
+    assert Path(result.metrics) == Path(result.job_dir) / "metrics.json" and metrics["summary"]["frames"] == 4
+    assert len(metrics["pairs"]) == 3 and metrics["summary"]["source_psnr_db"] > 0
+    assert result.metrics_summary.startswith("metrics: 4 frames | warp error")
 
 
 def test_artifacts(first_run):
@@ -128,8 +133,10 @@ def test_artifacts(first_run):
     key = result.job_hash[:16]
     (progress,) = by_type["progress"]
     assert progress.key == f"progress-{key}" and float(progress.data) == 100.0
-    (table,) = by_type["table"]
-    rows = json.loads(table.data)
+    tables = {a.key.split("-")[0]: a for a in by_type["table"]}
+    assert json.loads(tables["metrics"].data)[0]["index"] == 0
+    assert tables["metrics"].description == result.metrics_summary
+    rows = json.loads(tables["frames"].data)
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert rows[2]["prompt"] == PROMPTS[2] and rows[2]["file"] == result.frames[2]
     assert {"pose", "seconds"} <= set(rows[0]) and all(r["status"] == "rendered" for r in rows)
