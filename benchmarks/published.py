@@ -151,6 +151,28 @@ class PublishedSchedule:
             self.unet.set_attn_processor(original)
         return z[1]
 
+    @torch.no_grad()
+    def synthesis(self, start_code: torch.Tensor, source_prompt: str, frame_prompt: str):
+        """MasaCtrl's synthesis, as ``MasaCtrlPipeline.__call__`` runs it with a shared start code
+        (``run_synthesis*.py``): no image, no inversion; the batch ``[source, frame]`` starts from
+        the same noise ``start_code`` (1, C, h, w) and is denoised under CFG with mutual
+        self-attention, the source row being an ordinary generation (it attends to itself).
+        Returns the final (source latent, frame latent)."""
+        text = self.encode_text([source_prompt, frame_prompt])
+        text = torch.cat([self.encode_text(["", ""]), text])
+        z = torch.cat([start_code, start_code])
+        original = self.unet.attn_processors
+        self.unet.set_attn_processor(PublishedAttention(self.start_step, self.start_layer, len(original)))
+        try:
+            for t in self.timesteps:
+                eps = self.unet(torch.cat([z, z]), t, encoder_hidden_states=text).sample
+                uncond, cond = eps.chunk(2)
+                eps = uncond + self.guidance_scale * (cond - uncond)
+                z = self._move(z, eps, self._alpha(t), self._alpha(t - self.ratio))
+        finally:
+            self.unet.set_attn_processor(original)
+        return z[0], z[1]
+
     def frame(self, image, source_prompt: str, frame_prompt: str) -> torch.Tensor:
         """One frame of the published schedule: invert the source, then sample the pair."""
         original = self.unet.attn_processors

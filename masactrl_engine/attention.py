@@ -10,26 +10,34 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
+from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .masks import MaskGuide
+from .errors import EngineInputError
+from .masks import MaskGuide
+from .mutual import AnchorKeys, CallContext, joint_keys_values, mutual_attention
+
+__all__ = [
+    "AttentionLayer", "CallContext", "CrossFrameAttention", "MutualSelfAttention", "PlainAttention",
+    "RecordAnchorKeysValues", "RecordCrossAttentionMaps", "RecordKeysValues", "attention_layers", "installed",
+    "mutual_attention",
+]
 
 _BLOCK = re.compile(r"^(down_blocks|mid_block|up_blocks)\.?(\d*)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.(attn[12])$")
 _PART_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 
-
-@dataclass
-class CallContext:
-    """State of one controlled UNet call: its step, and the mask-level cross-attention maps it
-    has produced so far as ``(block index, maps of the conditional rows)``."""
-
-    step: int
-    maps: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+# What diffusers' AttnProcessor2_0 honours beyond q/k/v projections and SDPA. The processors here
+# implement none of it (SD 1.x/2.x/XL transformer blocks use none of it), so a UNet whose
+# attention modules use any of it is refused instead of being computed differently.
+_UNSUPPORTED = (
+    ("spatial_norm", lambda m: getattr(m, "spatial_norm", None) is not None),
+    ("group_norm", lambda m: getattr(m, "group_norm", None) is not None),
+    ("residual_connection", lambda m: bool(getattr(m, "residual_connection", False))),
+    ("rescale_output_factor", lambda m: float(getattr(m, "rescale_output_factor", 1.0)) != 1.0),
+    ("norm_q/norm_k", lambda m: getattr(m, "norm_q", None) is not None or getattr(m, "norm_k", None) is not None),
+    ("norm_cross", lambda m: getattr(m, "norm_cross", None) is not None),
+)
 
 
 @dataclass(frozen=True)
@@ -44,13 +52,21 @@ def attention_layers(unet) -> list[AttentionLayer]:
 
     ``unet.attn_processors`` lists up-blocks before the mid-block (module registration order), so
     the order is rebuilt from the names: down, mid, up; then attention module; then block.
+    Raises ``EngineInputError`` for a module these processors cannot compute faithfully.
     """
     parsed = []
     for key in unet.attn_processors:
         name = key.removesuffix(".processor")
         match = _BLOCK.match(name)
         if match is None:
-            raise ValueError(f"unexpected attention module {name!r}: not an SD-style transformer block")
+            raise EngineInputError(f"model: unexpected attention module {name!r}: not an SD-style transformer block")
+        module = unet.get_submodule(name)
+        used = [feature for feature, uses in _UNSUPPORTED if uses(module)]
+        if used:
+            raise EngineInputError(
+                f"model: attention module {name!r} uses {', '.join(used)}, which the MasaCtrl attention "
+                "processors do not implement; use a Stable Diffusion 1.x/2.x/XL UNet"
+            )
         part, level, attention, block, kind = match.groups()
         order = (_PART_ORDER[part], int(level or 0), int(attention), int(block))
         parsed.append((order, name, kind == "attn2"))
@@ -82,6 +98,12 @@ def _merge(attn, x: torch.Tensor) -> torch.Tensor:
 
 
 def _query(attn, hidden_states):
+    if hidden_states.ndim != 3:
+        # AttnProcessor2_0 folds (B, C, H, W) inputs into tokens; SD transformer blocks never pass them.
+        raise EngineInputError(
+            f"model: an attention module got a {hidden_states.ndim}-D input; the MasaCtrl processors take "
+            "(batch, tokens, channels) as SD transformer blocks pass it"
+        )
     return _heads(attn, attn.to_q(hidden_states))
 
 
@@ -130,24 +152,10 @@ class RecordCrossAttentionMaps:
         if masactrl is None or q.shape[2] != self.tokens:
             return _merge(attn, F.scaled_dot_product_attention(q, k, v, scale=attn.scale))
         probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)
-        conditional = probs[probs.shape[0] // 2 :].mean(dim=1)  # (rows, tokens, text tokens)
+        rows = probs.shape[0]
+        conditional = probs[rows - rows // masactrl.halves :].mean(dim=1)  # last half: (rows, tokens, text tokens)
         masactrl.maps.append((self.block, conditional.float()))
         return _merge(attn, probs @ v)
-
-
-def mutual_attention(q: torch.Tensor, k_src: torch.Tensor, v_src: torch.Tensor, scale: float, mask=None):
-    """Frames' queries over the source's keys/values, per CFG half.
-
-    ``q`` is (2B, heads, N, d) ordered [B unconditional frames | B conditional frames]; ``k_src``
-    and ``v_src`` are (2, heads, M, d) ordered [unconditional source, conditional source]. The
-    frames of one half are folded into the token axis so that one SDPA call serves them all
-    without copying the source's keys B times.
-    """
-    rows, heads, tokens, dim = q.shape
-    frames = rows // 2
-    folded = q.view(2, frames, heads, tokens, dim).transpose(1, 2).reshape(2, heads, frames * tokens, dim)
-    out = F.scaled_dot_product_attention(folded, k_src, v_src, attn_mask=mask, scale=scale)
-    return out.view(2, heads, frames, tokens, dim).transpose(1, 2).reshape(rows, heads, tokens, dim)
 
 
 class MutualSelfAttention:
@@ -157,7 +165,7 @@ class MutualSelfAttention:
     background queries to its background: ``M_f * O_fg + (1 - M_f) * O_bg``.
     """
 
-    def __init__(self, block: int, source_kv: dict, guide: "MaskGuide | None" = None):
+    def __init__(self, block: int, source_kv: dict, guide: MaskGuide | None = None):
         self.block, self.source_kv, self.guide = block, source_kv, guide
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, masactrl=None):
@@ -169,3 +177,58 @@ class MutualSelfAttention:
         if self.guide is None:
             return _merge(attn, mutual_attention(q, k_src, v_src, attn.scale))
         return _merge(attn, self.guide.attend(q, k_src, v_src, attn.scale, masactrl, self.block))
+
+
+class RecordAnchorKeysValues:
+    """Anchor pass, controlled self-attention: the anchor frame is rendered with plain MasaCtrl
+    (what ``MutualSelfAttention`` computes, so its output is that of a ``cross_frame="none"``
+    render), and its own keys/values are kept for the other frames.
+
+    ``store[(step, block)]`` receives ``(k, v)`` of the anchor's rows, one per CFG half; with a
+    ``guide``, ``masks[(step, block)]`` receives the anchor's subject mask on this layer's grid
+    (or ``None`` where none can be made yet).
+    """
+
+    def __init__(self, block: int, source_kv: dict, store: dict, masks: dict, guide: MaskGuide | None = None):
+        self.block, self.source_kv, self.store, self.masks, self.guide = block, source_kv, store, masks, guide
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, masactrl=None):
+        q = _query(attn, hidden_states)
+        k, v = _keys_values(attn, hidden_states)
+        if masactrl is None:
+            return _merge(attn, F.scaled_dot_product_attention(q, k, v, scale=attn.scale))
+        self.store[(masactrl.step, self.block)] = (k, v)
+        k_src, v_src = self.source_kv[(masactrl.step, self.block)]
+        if self.guide is None:
+            return _merge(attn, mutual_attention(q, k_src, v_src, attn.scale))
+        masks = self.guide.frame_masks(masactrl, self.block, q.shape[2])
+        self.masks[(masactrl.step, self.block)] = None if masks is None else masks[0]
+        return _merge(attn, self.guide.attend(q, k_src, v_src, attn.scale, masactrl, self.block))
+
+
+class CrossFrameAttention:
+    """Frame pass with an anchor: queries of the frames over the keys/values of the source and of
+    the anchor frame together (one SDPA call), the anchor's logits shifted by ``log_weight``.
+
+    With a ``guide``, the foreground/background split covers both key sets: the source's keys by
+    the source's mask, the anchor's by the anchor's own mask.
+    """
+
+    def __init__(self, block: int, source_kv: dict, anchor_kv: dict, anchor_masks: dict, log_weight: float,
+                 guide: MaskGuide | None = None):
+        self.block, self.source_kv, self.guide = block, source_kv, guide
+        self.anchor_kv, self.anchor_masks, self.log_weight = anchor_kv, anchor_masks, log_weight
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, masactrl=None):
+        q = _query(attn, hidden_states)
+        if masactrl is None:
+            k, v = _keys_values(attn, hidden_states)
+            return _merge(attn, F.scaled_dot_product_attention(q, k, v, scale=attn.scale))
+        key = (masactrl.step, self.block)
+        k_src, v_src = self.source_kv[key]
+        k_anchor, v_anchor = self.anchor_kv[key]
+        anchor = AnchorKeys(k_anchor, v_anchor, self.log_weight, self.anchor_masks.get(key))
+        if self.guide is None:
+            k, v, bias = joint_keys_values(k_src, v_src, anchor)
+            return _merge(attn, mutual_attention(q, k, v, attn.scale, mask=bias))
+        return _merge(attn, self.guide.attend(q, k_src, v_src, attn.scale, masactrl, self.block, anchor))

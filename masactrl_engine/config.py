@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .errors import EngineInputError
 
@@ -31,6 +31,14 @@ class MaskConfig:
             raise EngineInputError("mask: give a subject word or a source_mask image (or pass mask=None)")
 
 
+FrameStart = Literal["inverted", "noise", "renoise"]
+CrossFrame = Literal["none", "anchor"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ControlConfig:
     """MasaCtrl's control window and the sampler settings shared by every frame.
@@ -39,6 +47,20 @@ class ControlConfig:
     order, 16 blocks in SD 1.x) at denoising steps with index >= ``start_step``.
     ``controlnet_start``/``controlnet_end`` are the fractions of the steps where pose residuals
     apply (diffusers' control_guidance_start/end).
+
+    Where frames start (``frame_start``):
+    - ``"inverted"`` (published): the source's inverted ``z_T``; keeps the source's layout.
+    - ``"noise"``: one Gaussian ``z_T`` drawn from ``seed`` shared by every frame (a frame with
+      ``FrameSpec.seed`` draws its own); the layout comes from prompt and pose, the identity from
+      mutual attention over the unchanged source branch.
+    - ``"renoise"``: the source's inversion latent at denoising step ``k = round((1 - strength) * T)``
+      (Python's rounding); frames run only the ``T - k`` remaining steps. Steps keep their global
+      index, so ``start_step`` and the ControlNet window mean the same as in the other modes.
+
+    What frames attend to (``cross_frame``): ``"none"`` (published) the source's keys/values;
+    ``"anchor"`` the source's and those of an anchor frame (``render``'s ``anchor`` argument, else
+    ``frames[anchor_frame]``), rendered first with plain MasaCtrl. ``anchor_weight`` multiplies
+    the anchor keys' attention weights (``log(anchor_weight)`` added to their logits).
     """
 
     num_steps: int = 50
@@ -51,6 +73,19 @@ class ControlConfig:
     controlnet_start: float = 0.0
     controlnet_end: float = 1.0
     negative_prompt: str = ""
+    frame_start: FrameStart = "inverted"
+    strength: float = 1.0
+    seed: int = 0
+    cross_frame: CrossFrame = "none"
+    anchor_frame: int = 0
+    anchor_weight: float = 1.0
+
+    @property
+    def first_step(self) -> int:
+        """The denoising step frames start at: ``T - first_step`` steps run per frame."""
+        if self.frame_start != "renoise":
+            return 0
+        return round((1.0 - self.strength) * self.num_steps)
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -62,8 +97,12 @@ class ControlConfig:
             )
         if not isinstance(self.start_layer, int) or self.start_layer < 0:
             raise EngineInputError(f"start_layer: {self.start_layer!r} must be a whole number >= 0")
-        if not self.guidance_scale >= 1.0:
-            raise EngineInputError(f"guidance_scale: {self.guidance_scale} must be >= 1 (1 disables guidance)")
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)) \
+                or not 0.0 <= self.guidance_scale < float("inf"):
+            raise EngineInputError(
+                f"guidance_scale: {self.guidance_scale!r} must be a number >= 0 (<= 1 turns guidance off: "
+                "one UNet sample per frame and step, e.g. 0 for SDXL-Turbo)"
+            )
         if self.controlnet_scale < 0:
             raise EngineInputError(f"controlnet_scale: {self.controlnet_scale} must be >= 0")
         if not 0.0 <= self.controlnet_start < self.controlnet_end <= 1.0:
@@ -73,16 +112,56 @@ class ControlConfig:
             )
         if self.mask is not None and not isinstance(self.mask, MaskConfig):
             raise EngineInputError("mask: pass a MaskConfig(subject=...) or None")
+        self._check_animation_controls()
+
+    def _check_animation_controls(self) -> None:
+        if self.frame_start not in get_args(FrameStart):
+            raise EngineInputError(f"frame_start: {self.frame_start!r} is not one of {get_args(FrameStart)}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) \
+                or not 0.0 < self.strength <= 1.0:
+            raise EngineInputError(f"strength: {self.strength!r} must be in (0, 1]; 1 starts from the inverted z_T")
+        if self.frame_start == "renoise" and self.first_step >= self.num_steps:
+            raise EngineInputError(
+                f"strength: {self.strength} leaves no denoising step of num_steps={self.num_steps} "
+                f"(round((1 - strength) * num_steps) = {self.first_step}); use strength >= 1/num_steps = {1 / self.num_steps:.3g}"
+            )
+        if not _is_int(self.seed):
+            raise EngineInputError(f"seed: {self.seed!r} must be a whole number (the noise seed of frame_start='noise')")
+        if self.cross_frame not in get_args(CrossFrame):
+            raise EngineInputError(f"cross_frame: {self.cross_frame!r} is not one of {get_args(CrossFrame)}")
+        if not _is_int(self.anchor_frame) or self.anchor_frame < 0:
+            raise EngineInputError(f"anchor_frame: {self.anchor_frame!r} must be a frame index >= 0")
+        if isinstance(self.anchor_weight, bool) or not isinstance(self.anchor_weight, (int, float)) \
+                or not self.anchor_weight > 0 or self.anchor_weight == float("inf"):
+            raise EngineInputError(
+                f"anchor_weight: {self.anchor_weight!r} must be a finite number > 0 (1 weighs anchor and source alike)"
+            )
 
 
 @dataclass(frozen=True)
 class FrameSpec:
-    """One output frame: its prompt, an optional OpenPose map and an optional explicit mask."""
+    """One output frame: its prompt, an optional OpenPose map and an optional explicit mask.
+
+    ``seed`` gives the frame its own start noise with ``frame_start="noise"``; ``controlnet_scale``
+    overrides ``ControlConfig.controlnet_scale`` for this frame's pose (e.g. to fade a pose in or
+    out; 0 renders the frame as if it had no pose).
+    """
 
     prompt: str
     pose: Any = None
     mask: Any = None
+    seed: int | None = None
+    controlnet_scale: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise EngineInputError(f"frames[].prompt: expected a string, got {type(self.prompt).__name__}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise EngineInputError(f"frames[].seed: {self.seed!r} must be a whole number or None")
+        if self.controlnet_scale is not None and (
+                isinstance(self.controlnet_scale, bool) or not isinstance(self.controlnet_scale, (int, float))
+                or not 0 <= self.controlnet_scale < float("inf")):
+            raise EngineInputError(
+                f"frames[].controlnet_scale: {self.controlnet_scale!r} must be a number >= 0 or None "
+                "(None uses ControlConfig.controlnet_scale)"
+            )

@@ -33,7 +33,13 @@ def _atomic_write(path: Path, write) -> None:
 class InvertedSource:
     """``trajectory[k]`` is the latent after ``k`` inversion steps: ``[0]`` is the encoded image
     (VAE posterior mean times the scaling factor), ``[-1]`` the start latent ``z_T`` of every frame.
-    ``timesteps`` are the denoising timesteps it was made for."""
+    ``timesteps`` are the denoising timesteps it was made for.
+
+    From ``SequenceEngine.synthesize`` it is a generation's own trajectory instead (``[-1]`` the
+    drawn noise, ``[0]`` the final latent) and ``image`` holds the decoded source (a PIL image).
+    ``image`` is a convenience of that call: it is not part of the digest, and ``save`` does not
+    write it (save the picture yourself); ``load`` gives ``image=None``.
+    """
 
     trajectory: torch.Tensor
     prompt: str
@@ -41,6 +47,7 @@ class InvertedSource:
     width: int
     timesteps: tuple[int, ...]
     digest: str = field(default="", compare=False)
+    image: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.digest:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attention import CallContext, mutual_attention
+from .mutual import AnchorKeys, CallContext, joint_keys_values, keep_with_bias, mutual_attention
 from .errors import EngineInputError
 
 log = logging.getLogger("masactrl_engine")
@@ -86,8 +86,12 @@ def explicit_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return _binary(mask[0], grid, 0.5)[0]
 
 
+# Why a frame fell back to plain mutual attention at a (step, layer): the columns of
+# ``MaskGuide.counts``. The first four are degenerate masks; the last means no mask could be made.
 REASONS = ("source mask empty", "source mask full", "frame mask empty", "frame mask full",
            "no mask-level cross-attention maps before this layer")
+SOURCE_EMPTY, SOURCE_FULL, FRAME_EMPTY, FRAME_FULL, NO_MAPS = range(len(REASONS))
+DEGENERATE = slice(SOURCE_EMPTY, FRAME_FULL + 1)
 
 
 @dataclass
@@ -125,6 +129,10 @@ class MaskGuide:
                 self._source_cache[key] = None if masks is None else masks[0]
         return self._source_cache[key]
 
+    def frame_masks(self, ctx: CallContext, block: int, tokens: int) -> torch.Tensor | None:
+        """The frames' binary masks (frames, tokens) on the grid of a layer with ``tokens`` tokens."""
+        return self._frame_masks(ctx, block, grid_of(tokens, self.shapes))
+
     def _frame_masks(self, ctx: CallContext, block: int, grid) -> torch.Tensor | None:
         auto_rows = [i for i, explicit in enumerate(self.frame_explicit) if explicit is None]
         auto = None
@@ -138,30 +146,47 @@ class MaskGuide:
             rows.append(explicit_mask(explicit, grid) if explicit is not None else auto[next(next_auto)])
         return torch.stack(rows)
 
-    def attend(self, q, k_src, v_src, scale, ctx: CallContext, block: int):
+    def attend(self, q, k_src, v_src, scale, ctx: CallContext, block: int, anchor: AnchorKeys | None = None):
+        """Masked mutual attention of the batch's queries ``q`` (``ctx.halves`` CFG halves).
+
+        With an ``anchor``, the keys are the source's and the anchor's together: the foreground
+        keys are the source's inside its mask and the anchor's inside the anchor's own mask.
+        """
         frames, grid = len(self.frame_indices), grid_of(q.shape[2], self.shapes)
-        plain = mutual_attention(q, k_src, v_src, scale)
+        if anchor is None:
+            keys, values, bias = k_src, v_src, None
+        else:
+            keys, values, bias = joint_keys_values(k_src, v_src, anchor)
+        plain = mutual_attention(q, keys, values, scale, mask=bias)
         source = self._source_mask(ctx, block, grid)
         masks = self._frame_masks(ctx, block, grid)
-        if source is None or masks is None:
+        if source is None or masks is None or (anchor is not None and anchor.mask is None):
             reasons = torch.zeros(frames, len(REASONS), dtype=torch.bool, device=q.device)
-            reasons[:, 4] = True
+            reasons[:, NO_MAPS] = True
             self._count(reasons)
             return plain
         tokens = float(source.numel())
         source_sum, frame_sums = source.sum(), masks.sum(-1)
-        reasons = torch.stack([
-            (source_sum == 0).expand(frames), (source_sum == tokens).expand(frames),
-            frame_sums == 0, frame_sums == tokens, torch.zeros_like(frame_sums, dtype=torch.bool),
-        ], dim=1)
+        reasons = torch.zeros(frames, len(REASONS), dtype=torch.bool, device=q.device)
+        reasons[:, SOURCE_EMPTY] = source_sum == 0
+        reasons[:, SOURCE_FULL] = source_sum == tokens
+        reasons[:, FRAME_EMPTY] = frame_sums == 0
+        reasons[:, FRAME_FULL] = frame_sums == tokens
         self._count(reasons)
-        keep = source.bool()[None, None, None, :]
-        # A fully masked key set gives NaN rows in SDPA; torch.where below never selects them.
-        fg = mutual_attention(q, k_src, v_src, scale, mask=keep)
-        bg = mutual_attention(q, k_src, v_src, scale, mask=~keep)
-        weight = masks.repeat(2, 1)[:, None, :, None].to(q.dtype)  # both CFG halves use the frame's mask
+        keep = source.bool() if anchor is None else torch.cat([source.bool(), anchor.mask.bool()])
+        keep = keep[None, None, None, :]
+        # A fully masked key set gives NaN rows in SDPA; torch.where below never selects them
+        # (the source alone has keys on both sides whenever no fallback applies).
+        if bias is None:
+            fg = mutual_attention(q, keys, values, scale, mask=keep)
+            bg = mutual_attention(q, keys, values, scale, mask=~keep)
+        else:
+            fg = mutual_attention(q, keys, values, scale, mask=keep_with_bias(keep, bias))
+            bg = mutual_attention(q, keys, values, scale, mask=keep_with_bias(~keep, bias))
+        halves = ctx.halves  # every CFG half uses the frame's mask
+        weight = masks.repeat(halves, 1)[:, None, :, None].to(q.dtype)
         blended = weight * fg + (1 - weight) * bg
-        fallback = reasons[:, :4].any(1).repeat(2)[:, None, None, None]
+        fallback = reasons[:, DEGENERATE].any(1).repeat(halves)[:, None, None, None]
         return torch.where(fallback, plain, blended)
 
     def report(self) -> None:
