@@ -1,6 +1,7 @@
 """The ``animate`` flow: one job in, PNG frames + GIF + MP4 + contact sheet out.
 
-    resolve-job -> invert-source (cached) -> render-frames (subflow: render-chunk.map) -> stitch
+    validate -> resolve-job -> invert-source (reused from disk) -> render-frames (subflow:
+    render-chunk.map) -> stitch -> measure (metrics.json)
 
 The render tasks run in a subflow so that the job chooses their task runner
 (``task_runner_for``): a thread pool by default, Dask on request.
@@ -16,8 +17,6 @@ from uuid import UUID
 from prefect import flow
 from prefect.states import Failed
 from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -28,6 +27,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
 from . import frames_io, progress, rendering
+from .artifacts import artifact_key, progress_description, progress_percent, publish_outputs
 from .job import AnimationJob, describe_validation_error
 from .models import TINY_NOTE, is_tiny
 from .plan import ChunkRequest, JobPlan
@@ -80,8 +80,17 @@ def _zero_counts() -> dict[str, int]:
     return EngineStats().as_dict()
 
 
+class ChunkFailed(RuntimeError):
+    """A render chunk failed; ``chunk`` is its index (for the progress artifact)."""
+
+    def __init__(self, message: str, chunk: int):
+        super().__init__(message)
+        self.chunk = chunk
+
+
 @flow(name="render-frames", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUID] = None) -> list[ChunkReport]:
+def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUID] = None,
+                  job_name: Optional[str] = None) -> list[ChunkReport]:
     """Fan the chunks out to the task runner; report progress as they finish."""
     logger = get_run_logger()
     total = sum(len(c.frames) for c in chunks)
@@ -90,71 +99,56 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
     logger.info("Rendering %d frames in %d chunk(s); %d already on disk", total, len(chunks), done)
     with claim_gpu():  # under Dask: each chunk needs a worker's GPU resource, one at a time
         futures = render_chunk.map(chunks)
+    chunk_of = {id(f): c.index for f, c in zip(futures, chunks)}
+    job_hash = chunks[0].job_dir.rstrip("/").rsplit("/", 1)[-1] if chunks else ""
     reports, failures = [], []
     with progress.frame_bar(total, initial=done) as bar:
         for future in as_completed(list(futures)):
             outcome = future.result(raise_on_failure=False)
             if not isinstance(outcome, ChunkReport):
-                failures.append(outcome)
+                failures.append((chunk_of[id(future)], outcome))
                 logger.error("A render chunk failed: %s", outcome)
                 continue
             reports.append(outcome)
             done += len(outcome.rendered)
             bar.update(len(outcome.rendered))
             if progress_artifact_id is not None:
-                update_progress_artifact(progress_artifact_id, progress=100.0 * done / max(total, 1))
+                update_progress_artifact(progress_artifact_id, progress=progress_percent(done, total),
+                                         description=progress_description(done, total, job_hash, job_name))
     if failures:
-        raise RuntimeError(
-            f"{len(failures)} of {len(chunks)} render chunk(s) failed ({failures[0]}); the frames already "
-            "written are kept: run the same job again to render only the missing ones"
+        failures.sort(key=lambda f: f[0])
+        first_chunk, first_error = failures[0]
+        raise ChunkFailed(
+            f"{len(failures)} of {len(chunks)} render chunk(s) failed (chunk {first_chunk}: {first_error}); the "
+            "frames already written are kept: run the same job again to render only the missing ones",
+            chunk=first_chunk,
         )
     return sorted(reports, key=lambda r: r.index)
 
 
-def _frame_table(plan: JobPlan, reports: list[ChunkReport]) -> list[dict]:
-    seconds: dict[int, float] = {}
-    rendered: set[int] = set()
-    for r in reports:
-        rendered.update(r.rendered)
-        seconds.update(r.frame_seconds)
-    return [
-        {
-            "index": f.index,
-            "prompt": f.prompt,
-            "pose": Path(f.pose).name if f.pose else "",
-            "file": str(frames_io.frame_path(plan.job_dir, f.index)),
-            "seconds": round(seconds.get(f.index, 0.0), 3),
-            "status": "rendered" if f.index in rendered else "on disk",
-        }
-        for f in plan.frames
-    ]
+def mark_progress_cancelled(flow, flow_run, state) -> None:
+    """on_cancellation hook: the run's progress artifact says so (it may run in another process
+    than the flow, so the artifact is found through the API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
 
+    from .artifacts import job_hash_of_key
 
-def _outputs_markdown(result: AnimationResult) -> str:
-    lines = [
-        f"# Animation {result.job_hash[:16]}",
-        "",
-        f"{result.frame_count} frames ({result.frames_rendered} rendered now, {result.frames_skipped} already on disk); "
-        f"inversion {'reused' if result.inversion_cached else 'computed'}.",
-        "",
-        "| output | path |",
-        "| --- | --- |",
-    ]
-    for name, path in sorted(result.outputs.items()):
-        lines.append(f"| {name} | [{path}]({Path(path).as_uri()}) |")
-    lines.append(f"| frames | [{Path(result.job_dir, frames_io.FRAMES_DIR)}]({Path(result.job_dir, frames_io.FRAMES_DIR).as_uri()}) |")
-    lines += ["", "| stage | seconds |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in result.timings.items()]
-    lines += ["", "| UNet | count |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in result.unet_calls.items()]
-    return "\n".join(lines)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]), type=ArtifactFilterType(any_=["progress"])))
+    for artifact in artifacts:
+        percent = float(artifact.data or 0.0)
+        update_progress_artifact(artifact.id, progress=percent, description=(
+            f"Frames of job {job_hash_of_key(artifact.key or '')}: {percent:.0f}%, cancelled; run the job again "
+            "to resume"))
 
 
 # validate_parameters=False: the job is validated first thing in the body instead, so that an
 # invalid job from the UI form fails the run with the validation message as its state message
 # rather than a traceback.
 @flow(name="animate", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json",
-      validate_parameters=False)
+      validate_parameters=False, on_cancellation=[mark_progress_cancelled])
 def animate(job: AnimationJob) -> AnimationResult:
     """Render a consistent animation of the source picture's subject (MasaCtrl + ControlNet OpenPose)."""
     logger = get_run_logger()
@@ -177,8 +171,9 @@ def animate(job: AnimationJob) -> AnimationResult:
 
     plan = resolve_job(job)
     timings["resolve"] = time.perf_counter() - t_start
-    key = plan.job_hash[:16]
-    progress_id = create_progress_artifact(0.0, key=f"progress-{key}", description=f"Frames of job {key}")
+    progress_id = create_progress_artifact(
+        0.0, key=artifact_key("progress", plan.job_hash, job.name),
+        description=progress_description(0, len(plan.frames), plan.job_hash, job.name))
 
     with rendering.folder_lock(Path(plan.job_dir)):  # an identical run waits, then reuses these frames
         return _render_and_stitch(job, plan, progress_id, notes, timings, t_start)
@@ -187,7 +182,6 @@ def animate(job: AnimationJob) -> AnimationResult:
 def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, notes: list[str],
                        timings: dict[str, float], t_start: float) -> AnimationResult:
     logger = get_run_logger()
-    key = plan.job_hash[:16]
     t = time.perf_counter()
     inversion = invert_source(plan.inversion)
     timings["invert"] = time.perf_counter() - t
@@ -197,10 +191,12 @@ def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, note
     t = time.perf_counter()
     chunks = plan.chunks(job.execution.chunk_size, job.execution.batch_size, inversion.path)
     try:
-        reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id)
-    except Exception:
-        update_progress_artifact(progress_id, progress=_done_percent(plan),
-                                 description=f"Frames of job {key}: interrupted; re-run the job to resume")
+        reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id, job.name)
+    except Exception as exc:
+        done = _frames_done(plan)
+        update_progress_artifact(progress_id, progress=progress_percent(done, len(plan.frames)), description=(
+            progress_description(done, len(plan.frames), plan.job_hash, job.name, status="failed",
+                                 failed_chunk=getattr(exc, "chunk", None), chunk_count=len(chunks))))
         raise
     timings["render"] = time.perf_counter() - t
     for r in reports:
@@ -231,7 +227,7 @@ def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, note
         unet_calls=unet_calls,
         notes=notes,
     )
-    _publish(result, plan, reports, progress_id)
+    _publish(result, plan, reports, progress_id, job.name)
     frames_io.write_json_atomic(Path(plan.job_dir) / frames_io.RESULT_FILE, result.model_dump(mode="json"))
     if job.quality.metrics:
         result = _measured(job, plan, result)
@@ -267,22 +263,12 @@ def _measured(job: AnimationJob, plan: JobPlan, result: AnimationResult) -> Anim
     return result
 
 
-def _done_percent(plan: JobPlan) -> float:
-    missing = frames_io.missing_frames(plan.job_dir, [f.index for f in plan.frames], plan.size)
-    return 100.0 * (len(plan.frames) - len(missing)) / max(len(plan.frames), 1)
+def _frames_done(plan: JobPlan) -> int:
+    return len(plan.frames) - len(frames_io.missing_frames(plan.job_dir, [f.index for f in plan.frames], plan.size))
 
 
-def _publish(result: AnimationResult, plan: JobPlan, reports: list[ChunkReport], progress_id: UUID) -> None:
-    key = plan.job_hash[:16]
-    update_progress_artifact(progress_id, progress=100.0, description=f"Frames of job {key}: done")
-    create_table_artifact(
-        key=f"frames-{key}", table=_frame_table(plan, reports),
-        description=f"Frames of job {key}: index, prompt, pose, file, seconds",
-    )
-    create_markdown_artifact(key=f"outputs-{key}", markdown=_outputs_markdown(result),
-                             description=f"Outputs of job {key}")
-    for name in ("gif", "mp4"):
-        path = getattr(result, name)
-        if path:
-            create_link_artifact(key=f"{name}-{key}", link=Path(path).as_uri(), link_text=Path(path).name,
-                                 description=f"{name.upper()} of job {key}")
+def _publish(result: AnimationResult, plan: JobPlan, reports: list[ChunkReport], progress_id: UUID,
+             job_name: Optional[str]) -> None:
+    publish_outputs(result, plan.frames, reports, job_name=job_name, progress_id=progress_id)
+
+

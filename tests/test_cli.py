@@ -81,7 +81,11 @@ def test_validate_and_schema(job_file, tmp_path, capsys, monkeypatch):
     assert "frames.prompts: 2 prompts for 3 poses" in capsys.readouterr().err
     assert main(["schema"]) == EXIT_OK
     schema = json.loads(capsys.readouterr().out)
-    assert schema["title"] == "AnimationJob" and "RenderSettings" in schema["$defs"]
+    # The form's sections read like the product, not like Python class names.
+    assert schema["title"] == "Animation job" and schema["$defs"]["RenderSettings"]["title"] == "Render settings"
+    assert all(" " in d["title"] or d["title"] in ("Frames", "Model", "Output", "Execution", "LoRA")
+               for d in schema["$defs"].values() if "title" in d and d.get("type") == "object"), \
+        sorted(d["title"] for d in schema["$defs"].values() if "title" in d)
 
 
 def test_submit_without_a_deployment_fails_cleanly(job_file, capsys):

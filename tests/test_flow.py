@@ -133,6 +133,7 @@ def test_artifacts(first_run):
     key = result.job_hash[:16]
     (progress,) = by_type["progress"]
     assert progress.key == f"progress-{key}" and float(progress.data) == 100.0
+    assert progress.description.endswith("100% (4/4 frames), done")
     tables = {a.key.split("-")[0]: a for a in by_type["table"]}
     assert json.loads(tables["metrics"].data)[0]["index"] == 0
     assert tables["metrics"].description == result.metrics_summary
@@ -172,6 +173,8 @@ def test_resume_after_a_crash_renders_only_missing_frames(first_run, tmp_path, m
     state = animate(resumed_job, return_state=True)
     assert state.is_failed()
     assert "run the same job again" in str(state.result(raise_on_failure=False))
+    (progress,) = [a for a in read_artifacts(flow_run_id(state)) if a.type == "progress"]
+    assert "50% (2/4 frames), failed at chunk 2 of 2" in progress.description
     job_dir = tmp_path / "out" / reference.job_hash[:16]
     assert [frame_path(job_dir, i).is_file() for i in range(4)] == [True, True, False, False]
     assert not (job_dir / "animation.gif").exists() and not (job_dir / "result.json").exists()
