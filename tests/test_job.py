@@ -109,9 +109,24 @@ INVALID = [
     ("settings.height", lambda t: {"settings.height": 32}),
     ("settings.steps", lambda t: {"settings.steps": 0}),
     ("settings.start_step", lambda t: {"settings.start_step": 4}),
-    ("settings.start_layer", lambda t: {"settings.start_layer": 16}),
-    ("settings.guidance_scale", lambda t: {"settings.guidance_scale": 0.5}),
+    ("settings.start_layer", lambda t: {"settings.start_layer": -1}),  # the model bounds it above: plan time
+    ("settings.guidance_scale", lambda t: {"settings.guidance_scale": -0.5}),
     ("settings.controlnet_scale", lambda t: {"settings.controlnet_scale": -1}),
+    ("settings.controlnet_start", lambda t: {"settings.controlnet_start": 0.8, "settings.controlnet_end": 0.5}),
+    ("settings.controlnet_end", lambda t: {"settings.controlnet_end": 1.5}),
+    ("settings.frame_start", lambda t: {"settings.frame_start": "random"}),
+    ("settings.strength", lambda t: {"settings.strength": 0}),
+    ("settings.strength", lambda t: {"settings.strength": 1.5}),
+    ("settings.strength", lambda t: {"settings.frame_start": "renoise", "settings.strength": 0.1}),  # 0 of 4 steps
+    ("settings.seed", lambda t: {"settings.seed": "7"}),  # a seed is a number, not text
+    ("settings.seed", lambda t: {"settings.seed": -1}),
+    ("settings.cross_frame", lambda t: {"settings.cross_frame": "all"}),
+    ("settings.anchor_frame", lambda t: {"settings.anchor_frame": -1}),
+    ("settings.anchor_weight", lambda t: {"settings.anchor_weight": 0}),
+    ("frames.overrides", lambda t: {"frames.overrides": [{"index": 0, "seed": 1}, {"index": 0, "prompt": "a cat"}]}),
+    ("frames.overrides.0.controlnet_scale", lambda t: {"frames.overrides": [{"index": 0, "controlnet_scale": -1}]}),
+    ("model.loras.0.path", lambda t: {"model.loras": [{"path": str(t / "missing.safetensors")}]}),
+    ("quality.detector_dir", lambda t: {"quality.detector": "openpose"}),
     ("execution.batch_size", lambda t: {"execution.batch_size": 0}),
     ("execution.batch_size", lambda t: {"execution.batch_size": True}),  # a bool is not a number
     ("output.folder", lambda t: {"output.folder": str(t / "out" / ".." / "elsewhere")}),
@@ -334,6 +349,29 @@ def test_inversion_key_ignores_masactrl_settings(image, tmp_path):
     for changes in ({"settings.steps": 5}, {"settings.width": 72}, {"source.inversion_prompt": "x"},
                     {"source.fit": "stretch"}, {"model.dtype": "float16"}):
         assert key(**changes) != k, changes
+
+
+def test_settings_checked_against_the_frames(image, tmp_path):
+    with pytest.raises(JobInputError) as info:
+        plan_job(AnimationJob.model_validate(base(image, tmp_path, **{"settings.cross_frame": "anchor",
+                                                                      "settings.anchor_frame": 2})), write=False)
+    assert info.value.field == "settings.anchor_frame" and "the job has 2 frames" in str(info.value)
+    with pytest.raises(JobInputError) as info:
+        plan_job(AnimationJob.model_validate(base(image, tmp_path, **{"frames.overrides": [{"index": 5, "seed": 3}]})),
+                 write=False)
+    assert info.value.field == "frames.overrides[0].index"
+    plan = plan_job(AnimationJob.model_validate(base(image, tmp_path, **{
+        "settings.cross_frame": "anchor", "settings.anchor_frame": 1,
+        "frames.overrides": [{"index": 1, "seed": 3, "controlnet_scale": 0.5, "prompt": "a cat sitting"}]})),
+        write=False)
+    assert plan.frames[1].seed == 3 and plan.frames[1].controlnet_scale == 0.5 and plan.frames[1].prompt == "a cat sitting"
+    assert plan.frames[0].seed is None and plan.anchor == plan.frames[1]
+    assert all(c.anchor == plan.frames[1] for c in plan.chunks(1, 1, "inv"))
+    other = plan_job(AnimationJob.model_validate(base(image, tmp_path, **{
+        "settings.cross_frame": "anchor", "settings.anchor_frame": 1,
+        "frames.overrides": [{"index": 1, "seed": 4, "controlnet_scale": 0.5, "prompt": "a cat sitting"}]})),
+        write=False)
+    assert other.job_hash != plan.job_hash  # a frame's own seed is part of what it renders
 
 
 def test_moved_fields_keep_old_job_files_working(image, tmp_path):
