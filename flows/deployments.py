@@ -18,9 +18,11 @@ from pydantic import BaseModel, Field, ValidationError
 from .animate import animate
 from .job import JobInputError, describe_validation_error
 from .jobfiles import JobFileError, finished_result, job_files, load_job
+from .sweep_flow import sweep
 
 ANIMATE_DEPLOYMENT = "animate/animate"
 INBOX_DEPLOYMENT = "animate-inbox/animate-inbox"
+SWEEP_DEPLOYMENT = "sweep/sweep"
 DEFAULT_INBOX_CRON = "*/5 * * * *"
 TAGS = ["masactrl-animate"]
 
@@ -81,7 +83,8 @@ def animate_inbox(
 
 def build_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT_INBOX_CRON,
                       output_folder: Optional[str] = None) -> list:
-    """The two deployments, addressed by module path so a served runner can import them anywhere."""
+    """The deployments (animate, sweep, animate-inbox), addressed by module path so a served runner can
+    import them anywhere."""
     from prefect.types.entrypoint import EntrypointType
 
     inbox_params = {"inbox": str(Path(inbox).expanduser().absolute())}
@@ -91,6 +94,13 @@ def build_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT
         animate.to_deployment(
             name="animate",
             description="Render one AnimationJob: source picture + prompts/poses -> frames, GIF, MP4.",
+            tags=TAGS,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+        sweep.to_deployment(
+            name="sweep",
+            description="Render a grid of settings (the job's sweep section, or the grid parameter) from one "
+            "inversion and rank the cells by the quality metrics; the best cell as --set options.",
             tags=TAGS,
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),
@@ -107,7 +117,7 @@ def build_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT
 
 def serve_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT_INBOX_CRON,
                       output_folder: Optional[str] = None, limit: Optional[int] = None) -> None:
-    """Register both deployments with the Prefect API and run their flow runs until interrupted."""
+    """Register the deployments with the Prefect API and run their flow runs until interrupted."""
     from prefect import serve
 
     Path(inbox).expanduser().mkdir(parents=True, exist_ok=True)

@@ -525,10 +525,54 @@ def compute_job_metrics(
     ``load_pose_detector(detector_kind, detector_dir)``, loaded only when there are poses.
     What cannot be measured is named in ``not_measured`` with the reason.
     """
-    t0 = time.perf_counter()
     job_dir = Path(job_dir).absolute()
     result = _read_result(job_dir)
     files = _frame_files(job_dir, result)
+    inversion_dir = Path(result["inversion_dir"]) if result.get("inversion_dir") else None
+    job_hash = result.get("job_hash") if isinstance(result.get("job_hash"), str) else None
+    return _measure(job_dir, files, inversion_dir, job_hash, source_image=source_image, source_decode=source_decode,
+                    source_mask=source_mask, frame_masks=frame_masks, requested_poses=requested_poses,
+                    detector=detector, detector_kind=detector_kind, detector_dir=detector_dir)
+
+
+def compute_frame_metrics(
+    job_dir: str | os.PathLike,
+    indices: Sequence[int],
+    inversion_dir: Optional[str | os.PathLike],
+    *,
+    job_hash: Optional[str] = None,
+    **options: Any,
+) -> JobMetrics:
+    """The metrics of some frames of a job folder that need not be finished (a sweep cell renders
+    a few frames of its job): ``frames/frame_XXXX.png`` for each index, in the order given, with
+    the source and its decode taken from ``inversion_dir``. ``options`` are those of
+    ``compute_job_metrics`` (source_image, source_decode, masks, requested_poses, detector...)."""
+    job_dir = Path(job_dir).absolute()
+    if not indices:
+        raise ValueError("indices: no frames to measure; give at least one frame index")
+    files = [(int(i), frames_io.frame_path(job_dir, int(i))) for i in indices]
+    missing = [str(p) for _, p in files if not p.is_file()]
+    if missing:
+        raise NotAFinishedJob(f"{job_dir}: frames not rendered yet: {', '.join(missing)}; render them first")
+    return _measure(job_dir, files, Path(inversion_dir) if inversion_dir else None, job_hash, **options)
+
+
+def _measure(
+    job_dir: Path,
+    files: list[tuple[int, Path]],
+    inversion_dir: Optional[Path],
+    job_hash: Optional[str],
+    *,
+    source_image: Optional[ImageLike] = None,
+    source_decode: Optional[ImageLike] = None,
+    source_mask: Optional[ImageLike] = None,
+    frame_masks: Optional[Sequence[Optional[ImageLike]]] = None,
+    requested_poses: Optional[Sequence[Any]] = None,
+    detector: Optional[PoseDetector] = None,
+    detector_kind: str = "mediapipe",
+    detector_dir: Optional[str | os.PathLike] = None,
+) -> JobMetrics:
+    t0 = time.perf_counter()
     indices = [i for i, _ in files]
     frames = [as_rgb(p, f"frame {p.name}") for _, p in files]
     height, width = frames[0].shape[:2]
@@ -543,7 +587,6 @@ def compute_job_metrics(
     if not pairs:
         not_measured["warp_error"] = "one frame only: no consecutive pair"
 
-    inversion_dir = Path(result["inversion_dir"]) if result.get("inversion_dir") else None
     if source_image is None and inversion_dir is not None and (inversion_dir / SOURCE_FILE).is_file():
         source_image = inversion_dir / SOURCE_FILE
     auto_source_mask, auto_frame_masks = _mask_files(job_dir, indices)
@@ -615,7 +658,6 @@ def compute_job_metrics(
         pose_mean_distance_px=sum(d * n for d, n in pooled_dist) / found_total if found_total else None,
         source_psnr_db=psnr_db,
     )
-    job_hash = result.get("job_hash") if isinstance(result.get("job_hash"), str) else None
     return JobMetrics(
         job_dir=str(job_dir), job_hash=job_hash, width=width, height=height, frames=rows, pairs=pairs,
         summary=summary, not_measured=not_measured,
@@ -663,6 +705,7 @@ def summary_line(metrics: JobMetrics) -> str:
 __all__ = [
     "METRICS_FILE", "METRICS_VERSION", "Appearance", "FrameMetrics", "JobMetrics", "MetricsSummary",
     "NotAFinishedJob", "PairFlicker", "PairMetrics", "PoseDetector", "PoseScore", "appearance", "as_mask", "as_rgb",
-    "compute_job_metrics", "consistent_flow_mask", "load_pose_detector", "masked_ssim", "optical_flow",
+    "compute_frame_metrics", "compute_job_metrics", "consistent_flow_mask", "load_pose_detector", "masked_ssim",
+    "optical_flow",
     "pair_flicker", "pose_fidelity", "psnr", "read_metrics", "summary_line", "write_metrics",
 ]

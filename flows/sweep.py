@@ -44,7 +44,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 MAX_CELLS = 256
 DEFAULT_SWEEP_FRAMES = 4
 # Sections whose fields do not change the frames: sweeping them would render the same cell twice.
-NOT_SWEEPABLE = ("name", "output", "execution")
+NOT_SWEEPABLE = ("name", "output", "execution", "quality", "sweep")
 
 
 class SweepError(ValueError):
