@@ -1,5 +1,6 @@
-"""Deployments: ``animate`` (run from the UI or ``masactrl-animate submit``) and ``animate-inbox``
-(on a cron schedule: renders every job file in an inbox folder that has no finished output).
+"""Deployments: ``animate`` (run from the UI or ``masactrl-animate submit``), ``sweep`` (a grid of
+settings ranked by the metrics, flows/sweep_flow.py) and ``animate-inbox`` (on a cron schedule:
+renders every job file in an inbox folder that has no finished output).
 
     masactrl-animate serve --inbox ./inbox --cron "*/5 * * * *"
 """
