@@ -39,3 +39,38 @@ def prefect_harness(tiny_checkpoint):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+_FAMILY_PIPES: dict = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_family_checkpoint(tmp_path_factory):
+    """``tiny_family_checkpoint(family)``: path of that family's tiny checkpoint (written once)."""
+    from masactrl_engine.tiny import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("family-models")
+    return lambda family: make_tiny_checkpoint(root / family, family=family)
+
+
+@pytest.fixture(scope="session")
+def tiny_family_pipe(tiny_pipe, tiny_family_checkpoint):
+    """``tiny_family_pipe(family)``: that family's tiny pipeline with its ControlNet, fp32 on the CPU
+    (loaded once per session; sd15 is ``tiny_pipe``). Shared: do not mutate it."""
+    from masactrl_engine import load_pipeline
+
+    def get(family):
+        if family == "sd15":
+            return tiny_pipe
+        if family not in _FAMILY_PIPES:
+            path = tiny_family_checkpoint(family)
+            _FAMILY_PIPES[family] = load_pipeline(path, controlnet=path / "controlnet", device="cpu")
+        return _FAMILY_PIPES[family]
+
+    return get
+
+
+@pytest.fixture(params=["sd15", "sdxl"])
+def family_pipe(request, tiny_family_pipe):
+    """Runs a test on the tiny SD 1.5 and the tiny SDXL pipeline."""
+    return tiny_family_pipe(request.param)

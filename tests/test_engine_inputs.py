@@ -58,7 +58,7 @@ def test_image_of_an_odd_size_needs_a_target_size(tiny_pipe):
 @pytest.mark.parametrize("settings, message", [
     (dict(num_steps=4, start_step=4), r"start_step: 4 must be in \[0, num_steps=4\)"),
     (dict(num_steps=0), r"num_steps: 0 must be a whole number >= 1"),
-    (dict(guidance_scale=0.5), r"guidance_scale: 0.5 must be >= 1"),
+    (dict(guidance_scale=-1.0), r"guidance_scale: -1.0 must be a number >= 0"),
     (dict(controlnet_start=0.8, controlnet_end=0.2), r"controlnet_start/controlnet_end: need 0 <= start < end <= 1"),
 ])
 def test_control_config_errors(settings, message):
