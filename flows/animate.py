@@ -32,7 +32,8 @@ from .job import AnimationJob, describe_validation_error
 from .models import TINY_NOTE, is_tiny
 from .plan import ChunkRequest, JobPlan
 from .rendering import ChunkReport
-from .runners import claim_gpu, make_task_runner, runner_settings_from_env, settings_for_execution
+from .concurrency import claim_gpu
+from .runners import make_task_runner, runner_settings_for
 from .tasks import invert_source, measure, render_chunk, resolve_job, stitch
 
 
@@ -63,10 +64,7 @@ class AnimationResult(BaseModel):
 def task_runner_for(job: AnimationJob) -> TaskRunner:
     """The task runner of the job's render tasks; the single place where runners are chosen
     (``flows/runners.py``: a bounded thread pool, or Dask on a local cluster / a scheduler)."""
-    ex = job.execution
-    if ex.runner is None:  # left to the deployment: its environment, threads when unset
-        return make_task_runner(runner_settings_from_env())
-    return make_task_runner(settings_for_execution(ex.runner, ex.workers, ex.dask_address))
+    return make_task_runner(runner_settings_for(job.execution))
 
 
 def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:

@@ -1,4 +1,9 @@
-"""The global GPU limit: how many frame chunks may hold a GPU pool at once, across all jobs.
+"""How a GPU task claims a GPU: the one place for both mechanisms.
+
+1. Dask (``claim_gpu``): chunks submitted inside the block claim the worker resource ``GPU``,
+   so a Dask worker never runs two chunks at once.
+2. Prefect (``gpu_slot``): the global GPU limit, how many frame chunks may hold a GPU pool at
+   once, across all jobs.
 
 A Dask ``GPU`` resource keeps one worker from running two chunks, but two flow runs started at
 once with the threads runner (or two runners sharing a machine) each believe they own the card.
@@ -21,10 +26,19 @@ stops renewing, and the server frees the slot when the lease (``lease_duration``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+GPU_RESOURCE = "GPU"
+"""Name of the Dask worker resource that GPU tasks claim (``--resources GPU=1``)."""
 
 DEFAULT_POOL = "local"
 POOL_ENV = "MASACTRL_GPU_POOL"
@@ -167,4 +181,101 @@ def gpu_slot(
         lease_duration=lease_duration,
         raise_on_lease_renewal_failure=False,
     ):
+        yield
+
+
+# --- Dask: claiming the worker resource ---------------------------------------------------
+
+def warn_without_api_server() -> bool:
+    """Log a warning (and return True) when no PREFECT_API_URL is configured.
+
+    Dask worker processes report their task runs to the Prefect API. Without PREFECT_API_URL
+    the flow runs against a temporary server and every worker process starts its own (checked
+    with prefect 3.9.1 / prefect-dask 0.3.7): the run works, its task runs are scattered.
+    """
+    try:
+        from prefect.settings import PREFECT_API_URL
+
+        configured = PREFECT_API_URL.value()
+    except Exception:  # pragma: no cover
+        return False
+    if configured:
+        return False
+    logger.warning(
+        "Dask task runner without PREFECT_API_URL: each Dask worker process will start its "
+        "own temporary Prefect server. Point PREFECT_API_URL at a Prefect server."
+    )
+    return True
+
+
+
+
+_checked_clients: weakref.WeakSet = weakref.WeakSet()  # clients whose cluster offered GPU
+_checked_lock = threading.Lock()
+
+
+def _current_task_runner():
+    try:
+        from prefect.context import FlowRunContext
+    except ImportError:  # pragma: no cover
+        return None
+    ctx = FlowRunContext.get()
+    return ctx.task_runner if ctx is not None else None
+
+
+def gpu_worker_resources(client: Any) -> dict[str, float]:
+    """GPU units each worker of a Dask ``client``'s cluster offers, keyed by worker address."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return {
+        address: float((info.get("resources") or {}).get(GPU_RESOURCE, 0))
+        for address, info in workers.items()
+    }
+
+
+def wait_for_gpu_workers(client: Any, timeout: float = 30.0, amount: float = 1.0) -> dict[str, float]:
+    """Wait until a worker offers ``amount`` GPU units; raise a clear error after ``timeout`` s.
+
+    Without this, tasks that claim ``GPU`` on a cluster whose workers offer none would wait
+    forever in the scheduler's queue.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        offers = gpu_worker_resources(client)
+        if any(units >= amount for units in offers.values()):
+            return offers
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"No Dask worker offers the '{GPU_RESOURCE}' resource ({len(offers)} worker(s) "
+                f"connected): start GPU workers with 'dask worker <scheduler> --resources "
+                f"{GPU_RESOURCE}=1 --nthreads 1', or set runner.gpu_resource=false"
+            )
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def claim_gpu(enabled: bool = True, *, amount: float = 1.0, check_timeout: float = 30.0) -> Iterator[None]:
+    """Tasks submitted (``.submit``/``.map``) inside this block claim ``amount`` of ``GPU``.
+
+    With prefect-dask, ``DaskTaskRunner.submit`` hands the task to ``Client.submit`` in the
+    calling thread, and ``Client`` merges the current ``dask.annotate`` annotations into the
+    graph it sends, so the claim reaches the scheduler as a resource restriction. Under any other
+    task runner (threads) the block is a no-op. On first use with a given Dask client it checks
+    that some worker offers the resource, instead of letting tasks queue forever.
+    """
+    runner = _current_task_runner() if enabled else None
+    if runner is None or type(runner).__name__ != "DaskTaskRunner":
+        yield
+        return
+
+    import dask
+
+    client = runner.client
+    with _checked_lock:
+        needs_check = client not in _checked_clients
+    if needs_check:
+        warn_without_api_server()
+        wait_for_gpu_workers(client, timeout=check_timeout, amount=amount)
+        with _checked_lock:
+            _checked_clients.add(client)
+    with dask.annotate(resources={GPU_RESOURCE: amount}):
         yield

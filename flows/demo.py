@@ -58,7 +58,8 @@ def demo_jobs(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict[st
                     # moved onto the astronaut detected in the source (the flow passes the fitted source)
                     "poses": {"kind": "openpose_json", "path": str(walk), "retarget": "source"}},
             model={"model": "tiny", "controlnet": "tiny"},
-            settings=settings,
+            # README "Which settings for which job": poses far from the source's win from shared noise.
+            settings={**settings, "frame_start": "noise"},
             output=output,
             execution=execution,
         ),

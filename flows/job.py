@@ -20,6 +20,11 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pose_sources import PoseSpec
+from pose_sources.spec import ImageSpec, KeyframesSpec, OpenPoseJsonSpec, PoseImagesSpec, VideoSpec
+
+from .runners import RunnerSettings
+
+_RUNNER_FIELDS = RunnerSettings.model_fields
 
 TINY = "tiny"
 # The tiny offline checkpoints (random weights, noise by design) by name, and their model family.
@@ -32,6 +37,18 @@ _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 class _Model(BaseModel):
     # Unknown keys are errors: a typo such as `fsp: 12` must not be silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        # pydantic's lax mode reads `true` as 1 for int and float fields: `chunk_size: true` is a
+        # mistake, not a number (C.4).
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float) or set(getattr(annotation, "__args__", ())) & {int, float} and \
+                    bool not in getattr(annotation, "__args__", ()):
+                raise ValueError(f"{str(value).lower()} is not a number; write a number such as 4")
+        return value
 
 
 class NotHashed:
@@ -145,17 +162,11 @@ class SourceSpec(_Model):
     def _image_readable(cls, value: Optional[Path]) -> Optional[Path]:
         if value is None or str(value).strip() in ("", "."):
             return None
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(f"{str(value)!r} does not exist or is not a file; give the path of the source picture")
-        from PIL import Image, UnidentifiedImageError
+        from .inputs import open_image
 
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"{str(value)!r} is not a readable image ({exc}); give a PNG or JPEG file") from None
-        return path.absolute()
+        # Path length, pixel limit from the header (decompression bombs), then a full decode (C.4).
+        open_image(value)
+        return Path(value).expanduser().absolute()
 
     @field_validator("subject")
     @classmethod
@@ -187,6 +198,11 @@ class FrameOverride(_Model):
     )
 
 
+# FramesSpec's form fields, one per pose kind, and the kind each one selects.
+POSE_FIELDS = {"pose_json": "openpose_json", "pose_images": "images", "pose_video": "video",
+               "pose_image": "image", "pose_keyframes": "keyframes"}
+
+
 class FramesSpec(_Model):
     """What the frames show: prompts, poses, or both."""
 
@@ -201,8 +217,26 @@ class FramesSpec(_Model):
     poses: Optional[PoseSpec] = Field(
         None,
         description="Pose source driving the frames through ControlNet OpenPose (OpenPose JSON, pose images, a "
-        "driving video or keyframes). With several prompts the counts must match.",
+        "driving video, one picture or keyframes). With several prompts the counts must match. In a form, the "
+        "'Pose source: ...' fields below set the same thing, one kind each.",
     )
+    # One optional field per pose kind, beside `poses`. Why: Prefect's V1 UI (the one `serve` links
+    # to) draws a discriminated union such as `poses` as a raw JSON box, so choosing a pose source
+    # there meant typing JSON; an optional single model is drawn as a form (toggle it from None).
+    # The V2 UI draws `poses` itself as one tab per kind. At most one of these and `poses` may be
+    # set; `_pose_field_onto_poses` moves it onto `poses` and clears it, so the rest of the code
+    # (and a dump validated again) only sees `frames.poses`. Job files keep `frames.poses`.
+    pose_json: Optional[OpenPoseJsonSpec] = Field(
+        None, title="Pose source: OpenPose JSON files",
+        description="Poses from OpenPose JSON files (OpenPose, DWPose, pose editors), one per frame.")
+    pose_images: Optional[PoseImagesSpec] = Field(
+        None, title="Pose source: pose map images", description="Already-rendered pose maps, one per frame.")
+    pose_video: Optional[VideoSpec] = Field(
+        None, title="Pose source: driving video", description="Poses detected in a driving video, one per frame.")
+    pose_image: Optional[ImageSpec] = Field(
+        None, title="Pose source: one picture", description="The pose of a person in one picture, as one frame.")
+    pose_keyframes: Optional[KeyframesSpec] = Field(
+        None, title="Pose source: keyframes", description="A few key poses, interpolated to a number of frames.")
 
     overrides: list[FrameOverride] = Field(
         default_factory=list, max_length=10000,
@@ -213,6 +247,23 @@ class FramesSpec(_Model):
     @classmethod
     def _one_prompt(cls, value):
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _pose_field_onto_poses(self):
+        given = [name for name in POSE_FIELDS if getattr(self, name) is not None]
+        if self.poses is not None:
+            given.insert(0, "poses")
+        if len(given) > 1:
+            raise ValueError(f"frames.{' / frames.'.join(given)}: {len(given)} pose sources given; keep one")
+        if given and given[0] != "poses":
+            # Written past validate_assignment on purpose: the value is already validated, and
+            # assigning would run these validators again halfway through the move.
+            spec = getattr(self, given[0])
+            spec.__pydantic_fields_set__.add("kind")  # so that a dump without defaults still says which
+            self.__dict__["poses"], self.__dict__[given[0]] = spec, None
+            self.__pydantic_fields_set__.add("poses")
+            self.__pydantic_fields_set__.discard(given[0])
+        return self
 
     @model_validator(mode="after")
     def _something_to_render(self):
@@ -444,15 +495,14 @@ class ExecutionSpec(_Model):
     batch_size: int = Field(4, ge=1, le=64, strict=True,
                             description="Frames per UNet batch inside a render task (lower it on small GPUs).")
 
+    # The runners themselves are described once, in flows/runners.py (RunnerSettings).
     runner: Optional[Literal["threads", "dask"]] = Field(
-        None, description="'threads': a thread pool in the flow's process (one GPU); 'dask': Dask workers. "
-        "Empty: the deployment's default ($MASACTRL_RUNNER / $MASACTRL_DASK_ADDRESS), else threads."
+        None, description=_RUNNER_FIELDS["kind"].description + " Empty: the deployment's default "
+        "($MASACTRL_RUNNER / $MASACTRL_DASK_ADDRESS), else threads.",
     )
-    workers: int = Field(1, ge=1, le=64, description="Worker threads (threads) or worker processes (local Dask); "
-                         "with an empty runner the deployment's settings apply instead.")
-    dask_address: Optional[str] = Field(
-        None, description="Address of a running Dask scheduler (runner 'dask'); empty = start a local cluster."
-    )
+    workers: int = Field(1, ge=1, le=64, description="How many at once: threads (runner 'threads') or worker "
+                         "processes of a local cluster (runner 'dask').")
+    dask_address: Optional[str] = Field(None, description=_RUNNER_FIELDS["scheduler_address"].description)
 
     @model_validator(mode="after")
     def _address_needs_dask(self):

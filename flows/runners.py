@@ -1,13 +1,9 @@
-"""Where frame tasks run: the task-runner choice of a job, and the GPU claim of GPU tasks.
+"""Where frame tasks run: the task-runner choice of a job (described once, in RunnerSettings).
 
 ``threads`` (the default) renders every chunk in the flow's own process on one GPU.
 ``dask`` spreads chunks over Dask worker processes: a local cluster (one worker per GPU with
-dask-cuda, N CPU worker processes otherwise) or an existing scheduler given by address.
-
-A GPU task claims the Dask resource ``GPU`` (one unit) when it is submitted inside
-:func:`claim_gpu`. Workers offer ``GPU=1`` (``dask worker --resources GPU=1``; the local clusters
-made here do it themselves), so a worker never runs two GPU chunks at once even when it has more
-threads for CPU work (pose loading, stitching), which submits without the claim.
+dask-cuda, N CPU worker processes otherwise) or an existing scheduler given by address. The
+local clusters made here offer the ``GPU`` resource that chunks claim (``flows/concurrency.py``).
 
 What a worker keeps between chunks (its pipeline, the source branch of the job it works on) is
 the per-process cache of ``flows/worker_cache.py``; :func:`worker_identity` tells where a task ran.
@@ -15,22 +11,18 @@ the per-process cache of ``flows/worker_cache.py``; :func:`worker_identity` tell
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import threading
-import time
-import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .concurrency import GPU_RESOURCE
+
 logger = logging.getLogger(__name__)
 
-GPU_RESOURCE = "GPU"
-"""Name of the Dask worker resource that GPU tasks claim (``--resources GPU=1``)."""
 
 DASK_CUDA_CLUSTER = "dask_cuda.LocalCUDACluster"
 DASK_LOCAL_CLUSTER = "distributed.LocalCluster"
@@ -233,22 +225,20 @@ def runner_settings_from_env(environ: Mapping[str, str] | None = None) -> Runner
         raise ValueError(f"invalid runner settings from the environment ({names}): {exc}") from None
 
 
-def settings_for_execution(runner: str, workers: int = 1, dask_address: str | None = None) -> RunnerSettings:
-    """RunnerSettings from the job model's ``execution`` fields (runner, workers, dask_address).
+def runner_settings_for(execution) -> RunnerSettings:
+    """The runner of a job's ``execution`` section (``flows.job.ExecutionSpec``): its own choice,
+    or, when ``runner`` is empty, the deployment's (:func:`runner_settings_from_env`).
 
     ``workers`` is the thread count under threads and the local cluster's process count under
     dask; with ``dask_address`` the cluster exists already and ``workers`` is not used.
     """
-    if runner == "threads":
-        if dask_address:
-            raise ValueError("execution.dask_address only applies to runner 'dask'; set execution.runner='dask' "
-                             "or remove execution.dask_address")
-        return RunnerSettings(kind="threads", max_workers=workers)
-    if runner == "dask":
-        if dask_address:
-            return RunnerSettings(kind="dask", scheduler_address=dask_address)
-        return RunnerSettings(kind="dask", n_workers=workers)
-    raise ValueError(f"execution.runner: unknown runner {runner!r}; use 'threads' or 'dask'")
+    if execution.runner is None:
+        return runner_settings_from_env()
+    if execution.runner == "threads":
+        return RunnerSettings(kind="threads", max_workers=execution.workers)
+    if execution.dask_address:
+        return RunnerSettings(kind="dask", scheduler_address=execution.dask_address)
+    return RunnerSettings(kind="dask", n_workers=execution.workers)
 
 
 def resolve_runner(settings: RunnerSettings | None) -> RunnerSettings:
@@ -274,101 +264,6 @@ def make_task_runner(settings: RunnerSettings | None = None):
         return DaskTaskRunner(address=settings.scheduler_address)
     cluster_class, cluster_kwargs = local_cluster_spec(settings)
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs)
-
-
-def warn_without_api_server() -> bool:
-    """Log a warning (and return True) when no PREFECT_API_URL is configured.
-
-    Dask worker processes report their task runs to the Prefect API. Without PREFECT_API_URL
-    the flow runs against a temporary server and every worker process starts its own (checked
-    with prefect 3.9.1 / prefect-dask 0.3.7): the run works, its task runs are scattered.
-    """
-    try:
-        from prefect.settings import PREFECT_API_URL
-
-        configured = PREFECT_API_URL.value()
-    except Exception:  # pragma: no cover
-        return False
-    if configured:
-        return False
-    logger.warning(
-        "Dask task runner without PREFECT_API_URL: each Dask worker process will start its "
-        "own temporary Prefect server. Point PREFECT_API_URL at a Prefect server."
-    )
-    return True
-
-
-# --- claiming the GPU resource ------------------------------------------------------------
-
-_checked_clients: weakref.WeakSet = weakref.WeakSet()  # clients whose cluster offered GPU
-_checked_lock = threading.Lock()
-
-
-def _current_task_runner():
-    try:
-        from prefect.context import FlowRunContext
-    except ImportError:  # pragma: no cover
-        return None
-    ctx = FlowRunContext.get()
-    return ctx.task_runner if ctx is not None else None
-
-
-def gpu_worker_resources(client: Any) -> dict[str, float]:
-    """GPU units each worker of a Dask ``client``'s cluster offers, keyed by worker address."""
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    return {
-        address: float((info.get("resources") or {}).get(GPU_RESOURCE, 0))
-        for address, info in workers.items()
-    }
-
-
-def wait_for_gpu_workers(client: Any, timeout: float = 30.0, amount: float = 1.0) -> dict[str, float]:
-    """Wait until a worker offers ``amount`` GPU units; raise a clear error after ``timeout`` s.
-
-    Without this, tasks that claim ``GPU`` on a cluster whose workers offer none would wait
-    forever in the scheduler's queue.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        offers = gpu_worker_resources(client)
-        if any(units >= amount for units in offers.values()):
-            return offers
-        if time.monotonic() >= deadline:
-            raise RuntimeError(
-                f"No Dask worker offers the '{GPU_RESOURCE}' resource ({len(offers)} worker(s) "
-                f"connected): start GPU workers with 'dask worker <scheduler> --resources "
-                f"{GPU_RESOURCE}=1 --nthreads 1', or set runner.gpu_resource=false"
-            )
-        time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def claim_gpu(enabled: bool = True, *, amount: float = 1.0, check_timeout: float = 30.0) -> Iterator[None]:
-    """Tasks submitted (``.submit``/``.map``) inside this block claim ``amount`` of ``GPU``.
-
-    With prefect-dask, ``DaskTaskRunner.submit`` hands the task to ``Client.submit`` in the
-    calling thread, and ``Client`` merges the current ``dask.annotate`` annotations into the
-    graph it sends, so the claim reaches the scheduler as a resource restriction. Under any other
-    task runner (threads) the block is a no-op. On first use with a given Dask client it checks
-    that some worker offers the resource, instead of letting tasks queue forever.
-    """
-    runner = _current_task_runner() if enabled else None
-    if runner is None or type(runner).__name__ != "DaskTaskRunner":
-        yield
-        return
-
-    import dask
-
-    client = runner.client
-    with _checked_lock:
-        needs_check = client not in _checked_clients
-    if needs_check:
-        warn_without_api_server()
-        wait_for_gpu_workers(client, timeout=check_timeout, amount=amount)
-        with _checked_lock:
-            _checked_clients.add(client)
-    with dask.annotate(resources={GPU_RESOURCE: amount}):
-        yield
 
 
 def worker_identity() -> dict[str, Any]:

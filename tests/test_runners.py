@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 
 from flows import runners
+from flows.concurrency import GPU_RESOURCE, claim_gpu, wait_for_gpu_workers
 from flows.runners import (
-    GPU_RESOURCE,
     RunnerSettings,
-    claim_gpu,
     local_cluster_spec,
     make_task_runner,
     runner_settings_from_env,
-    wait_for_gpu_workers,
     worker_identity,
 )
 
@@ -265,15 +263,21 @@ def test_worker_killed_mid_chunk_costs_only_that_chunk(prefect_api, tmp_path):
         assert len((tmp_path / f"attempts-{index}").read_text().split()) <= 2
 
 
-def test_settings_for_the_job_models_execution_block():
-    from flows.runners import settings_for_execution
+def test_settings_for_the_job_models_execution_block(monkeypatch):
+    from pydantic import ValidationError
 
-    assert settings_for_execution("threads", 3) == RunnerSettings(max_workers=3)
-    assert settings_for_execution("dask", 2) == RunnerSettings(kind="dask", n_workers=2)
-    assert settings_for_execution("dask", 2, "tcp://s:8786") == RunnerSettings(kind="dask", scheduler_address="tcp://s:8786")
-    with pytest.raises(ValueError, match="execution.dask_address only applies"):
-        settings_for_execution("threads", 1, "tcp://s:8786")
-    with pytest.raises(ValueError, match="unknown runner 'gpu'"):
-        settings_for_execution("gpu")
+    from flows.job import ExecutionSpec
+    from flows.runners import runner_settings_for
+
+    assert runner_settings_for(ExecutionSpec(runner="threads", workers=3)) == RunnerSettings(max_workers=3)
+    assert runner_settings_for(ExecutionSpec(runner="dask", workers=2)) == RunnerSettings(kind="dask", n_workers=2)
+    assert runner_settings_for(ExecutionSpec(runner="dask", dask_address="tcp://s:8786")) == \
+        RunnerSettings(kind="dask", scheduler_address="tcp://s:8786")
+    monkeypatch.setenv("MASACTRL_DASK_ADDRESS", "tcp://env:8786")  # empty runner: the deployment's choice
+    assert runner_settings_for(ExecutionSpec()) == RunnerSettings(kind="dask", scheduler_address="tcp://env:8786")
+    with pytest.raises(ValidationError, match="execution.dask_address only applies"):
+        ExecutionSpec(runner="threads", dask_address="tcp://s:8786")
+    with pytest.raises(ValidationError):
+        ExecutionSpec(runner="gpu")
     with pytest.raises(ValueError, match="not a Dask scheduler address"):
-        settings_for_execution("dask", 1, "http://nope/")
+        runner_settings_for(ExecutionSpec(runner="dask", dask_address="http://nope/"))
