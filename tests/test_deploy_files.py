@@ -414,8 +414,9 @@ def test_prefect_yaml_deployments(prefect_yaml):
 
     model = PrefectYamlModel.model_validate(prefect_yaml)  # what `prefect deploy` validates
     deployments = {d.name: d for d in model.deployments}
-    assert set(deployments) == {"animate", "animate-inbox"}
+    assert set(deployments) == {"animate", "sweep", "animate-inbox"}
     expected = {"animate": ("flows/animate.py:animate", "animate"),
+                "sweep": ("flows/sweep_flow.py:sweep", "sweep"),
                 "animate-inbox": ("flows/deployments.py:animate_inbox", "animate-inbox")}
     for name, (entrypoint, flow_name) in expected.items():
         dep = deployments[name]
@@ -425,7 +426,7 @@ def test_prefect_yaml_deployments(prefect_yaml):
         assert dep.work_pool.name == "gpu-local"
         assert dep.enforce_parameter_schema is True
         assert dep.tags == ["masactrl-animate"]
-    assert not deployments["animate"].schedules
+    assert not deployments["animate"].schedules and not deployments["sweep"].schedules
     [schedule] = deployments["animate-inbox"].schedules
     assert (schedule.cron, schedule.timezone, schedule.active) == ("*/5 * * * *", "UTC", True)
     CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
@@ -455,7 +456,7 @@ def test_prefect_yaml_gpu_targets(prefect_yaml):
     assert re.search(r"^WORKDIR /opt/masactrl-animate$", (DEPLOY / "Dockerfile").read_text(), re.M)
     # the setup role re-targets with sed: exactly the two deployments' merge lines match
     text = (DEPLOY / "prefect.yaml").read_text()
-    assert len(re.findall(r"^\s+<<: \*local\b", text, re.M)) == 2
+    assert len(re.findall(r"^\s+<<: \*local\b", text, re.M)) == 3  # animate, sweep, animate-inbox
     retargeted = yaml.safe_load(re.sub(r"<<: \*local\b", "<<: *kubernetes", text))
     assert {d["work_pool"]["name"] for d in retargeted["deployments"]} == {"gpu-k8s"}
 

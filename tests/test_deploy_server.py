@@ -171,7 +171,7 @@ def test_setup_role_creates_pool_limit_and_deployments(server):
     assert "work pool gpu-local exists" in second.stdout
     assert server.api("GET", "/v2/concurrency_limits/gpu-local")["limit"] == 3
     names = sorted(d["name"] for d in server.api("POST", "/deployments/filter", json={}))
-    assert names == ["animate", "animate-inbox"]
+    assert names == ["animate", "animate-inbox", "sweep"]
     assert _deployment(server, "animate", "animate")["id"] == animate["id"]
     print(f"setup (pool + limit + deploy --all) took {elapsed:.1f} s")
 
