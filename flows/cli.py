@@ -47,6 +47,21 @@ def _load(path: str, overrides: Sequence[str]):
         return _print_invalid(path, exc)
 
 
+def _environment_invalid(source: str, job) -> Optional[int]:
+    """Exit 2 (after printing each problem with its field) when this machine cannot run ``job``:
+    output folder not writable, CUDA missing, Dask scheduler unreachable, hub model not cached
+    while offline. Cheap checks, done before Prefect or a model starts (C.4)."""
+    from .inputs import environment_problems
+
+    problems = environment_problems(job)
+    if not problems:
+        return None
+    print(f"{source}: invalid job", file=sys.stderr)
+    for field, message in problems:
+        print(f"  {field}: {message}", file=sys.stderr)
+    return EXIT_INVALID
+
+
 def _print_result(result, as_json: bool) -> None:
     if as_json:
         print(result.model_dump_json(indent=2))
@@ -76,6 +91,8 @@ def cmd_run(args) -> int:
         plan_job(job, write=False)
     except JobInputError as exc:
         return _print_invalid(args.job, exc)
+    if (code := _environment_invalid(args.job, job)) is not None:
+        return code
     enable_terminal_progress(not args.no_progress)
     state = animate(job, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -99,6 +116,8 @@ def cmd_validate(args) -> int:
         plan = plan_job(job, write=False)
     except JobInputError as exc:
         return _print_invalid(args.job, exc)
+    if (code := _environment_invalid(args.job, job)) is not None:
+        return code
     print(f"valid: {len(plan.frames)} frames -> {plan.job_dir}")
     return EXIT_OK
 

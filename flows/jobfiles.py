@@ -35,6 +35,35 @@ class JobFileError(ValueError):
     """A job file that cannot be read or an override that cannot be applied; names the file/key."""
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _reject_duplicate_yaml_keys(node, where: str = "") -> None:
+    """YAML keeps the last of two equal keys without a word; a job file must not (C.4)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            field = f"{where}.{key}" if where else str(key)
+            if key in seen:
+                raise _DuplicateKey(f"{field}: given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                    "keep one")
+            seen[key] = key_node.start_mark.line + 1
+            _reject_duplicate_yaml_keys(value_node, field)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_yaml_keys(item, f"{where}.{i}" if where else str(i))
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise _DuplicateKey(f"{dupes[0]}: given twice in one JSON object; keep one")
+    return dict(pairs)
+
+
 def read_job_data(path: str | Path) -> dict:
     path = Path(path)
     try:
@@ -44,7 +73,13 @@ def read_job_data(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise JobFileError(f"{path}: cannot read the job file ({exc})") from None
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        if path.suffix.lower() == ".json":
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        else:
+            _reject_duplicate_yaml_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+            data = yaml.safe_load(text)
+    except _DuplicateKey as exc:
+        raise JobFileError(f"{path}: {exc}") from None
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise JobFileError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
     if not isinstance(data, dict):

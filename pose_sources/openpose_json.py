@@ -27,6 +27,10 @@ BODY_LAYOUTS = {18 * 3: "COCO-18", 25 * 3: "BODY_25"}
 FACE_LENGTHS = {FACE_POINTS * 3, 68 * 3}
 
 
+MAX_COORDINATE = 1e6
+"""Largest |value| accepted in a keypoint list: far beyond any canvas, far below int32 overflow."""
+
+
 def _numbers(values: object, where: str) -> np.ndarray:
     if values is None:
         return np.zeros((0,), dtype=np.float64)
@@ -39,6 +43,11 @@ def _numbers(values: object, where: str) -> np.ndarray:
     arr = np.array(values, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise PoseSourceError(f"{where} contains NaN or infinite values")
+    biggest = float(np.abs(arr).max(initial=0.0))
+    if biggest > MAX_COORDINATE:
+        # The drawing code works in 32-bit ints: such values end in an OverflowError deep in OpenCV.
+        raise PoseSourceError(f"{where} holds the value {biggest:g}, beyond +-{MAX_COORDINATE:g}; pose coordinates "
+                              "are pixels of the canvas (or 0..1 when normalized): check the file")
     return arr
 
 

@@ -1,0 +1,212 @@
+"""Issue 13 C.4 / C.6: a corpus of bad inputs. Each one is a single clear error naming the field,
+exit 2 from `validate` and from `run`, before any work, with nothing written."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from flows import inputs
+from flows.cli import EXIT_INVALID, main
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(path: Path, side: int = 20000) -> None:
+    """A tiny file whose header claims side x side pixels (valid CRCs)."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+                     + _png_chunk(b"IEND", b""))
+
+
+def corrupt_zlib_png(path: Path) -> None:
+    """A 64x64 PNG whose IDAT zlib stream is garbage but whose CRCs are all valid."""
+    ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+    good = zlib.compress(b"".join(b"\x00" + bytes(range(64)) * 3 for _ in range(64)))
+    bad = good[:2] + bytes((b ^ 0x5A) for b in good[2:])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", bad)
+                     + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    from skimage import data
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    Image.fromarray(data.chelsea()).resize((96, 64)).save(folder / "cat.png")
+    return folder
+
+
+def base_job(out: Path) -> dict:
+    return {
+        "source": {"image": "cat.png", "prompt": "a photo of a cat"},
+        "frames": {"prompts": ["a photo of a cat sitting", "a photo of a cat jumping"]},
+        "model": {"model": "tiny"},
+        "settings": {"width": 64, "height": 64, "steps": 2, "start_step": 1},
+        "output": {"folder": str(out)},
+    }
+
+
+def _dump(path: Path, job: dict) -> Path:
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def case_duplicate_key(folder, out):
+    text = yaml.safe_dump(base_job(out)).replace("  fps: 8.0\n", "")
+    text = text.replace("output:\n", "output:\n  fps: 8\n  fps: 12\n")
+    (folder / "job.yaml").write_text(text)
+    return folder / "job.yaml", "output.fps"
+
+
+def case_bool_int(folder, out):
+    job = base_job(out)
+    job["settings"]["steps"] = True
+    return _dump(folder / "job.yaml", job), "settings.steps"
+
+
+def case_bool_chunk(folder, out):
+    job = base_job(out)
+    job["execution"] = {"chunk_size": True}
+    return _dump(folder / "job.yaml", job), "execution.chunk_size"
+
+
+def case_bomb(folder, out):
+    bomb_png(folder / "bomb.png")
+    job = base_job(out)
+    job["source"]["image"] = "bomb.png"
+    return _dump(folder / "job.yaml", job), "source.image"
+
+
+def case_too_big(folder, out):
+    bomb_png(folder / "big.png", side=9500)
+    job = base_job(out)
+    job["source"]["image"] = "big.png"
+    return _dump(folder / "job.yaml", job), "source.image"
+
+
+def case_long_path(folder, out):
+    job = base_job(out)
+    job["source"]["image"] = "/".join(["d" * 200] * 25) + "/cat.png"
+    return _dump(folder / "job.yaml", job), "source.image"
+
+
+def case_corrupt_zlib(folder, out):
+    corrupt_zlib_png(folder / "broken.png")
+    with Image.open(folder / "broken.png") as img:
+        img.verify()  # what validate used to check: passes
+    job = base_job(out)
+    job["source"]["image"] = "broken.png"
+    return _dump(folder / "job.yaml", job), "source.image"
+
+
+def case_root_glob(folder, out):
+    job = base_job(out)
+    job["frames"] = {"prompts": ["a photo of a cat"], "poses": {"kind": "images", "source": "/**/*.png"}}
+    job["model"]["controlnet"] = "tiny"
+    return _dump(folder / "job.yaml", job), "frames.poses"
+
+
+def case_huge_pose_coordinates(folder, out):
+    import json
+
+    (folder / "poses").mkdir()
+    keypoints = []
+    for i in range(18):
+        keypoints += [1e30 * (i + 1), 5e29, 1.0]
+    (folder / "poses" / "p_0000.json").write_text(json.dumps(
+        {"people": [{"pose_keypoints_2d": keypoints}], "canvas_width": 64, "canvas_height": 64}))
+    job = base_job(out)
+    job["frames"] = {"prompts": ["a photo of a cat"], "poses": {"kind": "openpose_json", "path": "poses"}}
+    job["model"]["controlnet"] = "tiny"
+    return _dump(folder / "job.yaml", job), "frames.poses"
+
+
+def case_cuda(folder, out):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: 'device: cuda' is valid here")
+    job = base_job(out)
+    job["model"]["device"] = "cuda"
+    return _dump(folder / "job.yaml", job), "model.device"
+
+
+def case_dask_unreachable(folder, out):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = base_job(out)
+    job["execution"] = {"runner": "dask", "dask_address": f"tcp://127.0.0.1:{port}"}
+    return _dump(folder / "job.yaml", job), "execution.dask_address"
+
+
+def case_output_not_writable(folder, out):
+    job = base_job(out)
+    job["output"]["folder"] = "/proc/masactrl-out"  # not writable, not even by root
+    return _dump(folder / "job.yaml", job), "output.folder"
+
+
+def case_offline_hub(folder, out, monkeypatch=None):
+    job = base_job(out)
+    job["model"]["model"] = "nobody-here/no-such-model"
+    return _dump(folder / "job.yaml", job), "model.model"
+
+
+CASES = [case_duplicate_key, case_bool_int, case_bool_chunk, case_bomb, case_too_big, case_long_path,
+         case_corrupt_zlib, case_root_glob, case_huge_pose_coordinates, case_cuda, case_dask_unreachable, case_output_not_writable,
+         case_offline_hub]
+
+
+def _snapshot(folder: Path):
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("make", CASES, ids=lambda f: f.__name__[5:])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_input_is_one_clear_error_exit_2_nothing_written(workdir, tmp_path, capsys, monkeypatch, make, command):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("do not touch")
+    path, field = make(workdir, out)
+    before = _snapshot(out), _snapshot(workdir)
+    code = main([command, str(path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == EXIT_INVALID, err
+    assert "invalid job" in err and field in err, err
+    assert "Traceback" not in err
+    assert (_snapshot(out), _snapshot(workdir)) == before
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    """C.6: Pillow clips 'I;16' at 255 when converting to RGB (a 16-bit picture comes out white)."""
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I")
+        clipped = np.asarray(img.convert("RGB"))
+    assert (clipped == 255).mean() > 0.95  # the fault
+    rgb = np.asarray(inputs.open_image(path))
+    assert rgb.shape == (64, 64, 3)
+    expected = np.rint(ramp / 257.0)
+    assert np.abs(rgb[..., 0].astype(int) - expected).max() <= 1
+    assert (rgb == 255).mean() < 0.01
+
+
+def test_good_job_still_validates(workdir, tmp_path, capsys):
+    path = _dump(workdir / "job.yaml", base_job(tmp_path / "out"))
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
