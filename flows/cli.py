@@ -51,9 +51,9 @@ def _environment_invalid(source: str, job) -> Optional[int]:
     """Exit 2 (after printing each problem with its field) when this machine cannot run ``job``:
     output folder not writable, CUDA missing, Dask scheduler unreachable, hub model not cached
     while offline. Cheap checks, done before Prefect or a model starts (C.4)."""
-    from .inputs import environment_problems
+    from .inputs import confinement_problems, environment_problems
 
-    problems = environment_problems(job)
+    problems = confinement_problems(job) + environment_problems(job)
     if not problems:
         return None
     print(f"{source}: invalid job", file=sys.stderr)

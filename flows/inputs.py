@@ -197,7 +197,64 @@ def environment_problems(job, *, check_dask: bool = True) -> list[tuple[str, str
     return problems
 
 
+INPUT_ROOTS_ENV = "MASACTRL_INPUT_ROOTS"
+OUTPUT_ROOT_ENV = "MASACTRL_OUTPUT_ROOT"
+
+
+def _roots(environ, name: str) -> list[Path]:
+    raw = (environ.get(name) or "").strip()
+    return [Path(os.path.realpath(Path(r).expanduser())) for r in raw.split(os.pathsep) if r.strip()]
+
+
+def _inside(path: str | os.PathLike, roots: list[Path]) -> bool:
+    # realpath: a symlink inside a root that points outside it does not count as inside.
+    real = os.path.realpath(Path(path).expanduser())
+    return any(os.path.commonpath([real, str(root)]) == str(root) for root in roots)
+
+
+def _pose_input_paths(job) -> list[tuple[str, str]]:
+    poses = job.frames.poses
+    if poses is None:
+        return []
+    out = []
+    for name in ("path", "source", "detector_dir"):
+        value = getattr(poses, name, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, (str, os.PathLike)) and str(v).strip():
+                # a glob is judged by the folder before its first wildcard
+                text = os.fspath(v)
+                fixed = text.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+                out.append((f"frames.poses.{name}", fixed or "."))
+    return out
+
+
+def confinement_problems(job, environ=None) -> list[tuple[str, str]]:
+    """Inputs outside ``$MASACTRL_INPUT_ROOTS`` and an output folder outside ``$MASACTRL_OUTPUT_ROOT``.
+
+    ``serve`` and deploy/ set both for runs triggered through the server (UI, ``submit``, inbox),
+    so a form user cannot read ``/etc/shadow`` as a source or write into ``/etc``. Unset: no
+    confinement (local CLI runs keep their freedom).
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[tuple[str, str]] = []
+    inputs_allowed = _roots(environ, INPUT_ROOTS_ENV)
+    if inputs_allowed:
+        where = ", ".join(str(r) for r in inputs_allowed)
+        candidates = [("source.image", os.fspath(job.source.image))] if job.source.image is not None else []
+        for field, path in candidates + _pose_input_paths(job):
+            if not _inside(path, inputs_allowed):
+                problems.append((field, f"{path} is outside the input folders this server reads ({where}); "
+                                        "put the file there"))
+    output_root = _roots(environ, OUTPUT_ROOT_ENV)
+    if output_root and not _inside(job.output.folder, output_root[:1]):
+        problems.append(("output.folder", f"{job.output.folder} is outside the output root {output_root[0]}; "
+                                          "give a folder below it"))
+    return problems
+
+
 __all__ = [
+    "confinement_problems",
     "MAX_SOURCE_PIXELS",
     "environment_problems",
     "open_image",

@@ -3,6 +3,7 @@ exit 2 from `validate` and from `run`, before any work, with nothing written."""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -210,3 +211,34 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
 def test_good_job_still_validates(workdir, tmp_path, capsys):
     path = _dump(workdir / "job.yaml", base_job(tmp_path / "out"))
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_roots_confine_inputs_and_outputs_when_set(workdir, tmp_path, capsys, monkeypatch, command):
+    """C.5: with MASACTRL_INPUT_ROOTS / MASACTRL_OUTPUT_ROOT set (as for server-triggered runs), a
+    source outside the input roots and an output folder outside the output root are refused."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (workdir / "cat.png").rename(outside / "cat.png")
+    (workdir / "link.png").symlink_to(outside / "cat.png")  # a symlink out of the root does not count
+    job = base_job(tmp_path / "out")
+    job["source"]["image"] = "link.png"
+    path = _dump(workdir / "job.yaml", job)
+    monkeypatch.setenv("MASACTRL_INPUT_ROOTS", f"{tmp_path / 'nowhere'}{os.pathsep}{workdir}")
+    monkeypatch.setenv("MASACTRL_OUTPUT_ROOT", str(tmp_path / "results"))
+    assert main([command, str(path), "--no-progress"]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "source.image" in err and "outside the input folders" in err
+    assert "output.folder" in err and "outside the output root" in err
+    assert not (tmp_path / "out").exists()
+
+    # Inside the roots: accepted; unset: today's freedom.
+    (outside / "cat.png").rename(workdir / "inside.png")
+    job["source"]["image"] = "inside.png"
+    job["output"]["folder"] = str(tmp_path / "results" / "job1")
+    path = _dump(workdir / "job.yaml", job)
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    monkeypatch.delenv("MASACTRL_INPUT_ROOTS")
+    monkeypatch.delenv("MASACTRL_OUTPUT_ROOT")
+    job["output"]["folder"] = str(tmp_path / "anywhere")
+    assert main(["validate", str(_dump(workdir / "job.yaml", job))]) == 0
