@@ -20,6 +20,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from . import frame_manifest, frames_io, worker_cache
+from .inputs import to_rgb8
 from .plan import ChunkRequest, FramePlan, InversionRequest, control_config
 
 log = logging.getLogger("flows.rendering")
@@ -132,7 +133,7 @@ def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = 
             before = _stats(slot.engine)
             if request.image is not None:
                 with Image.open(request.image) as img:
-                    source = fit_source(img.convert("RGB"), s.width, s.height, request.fit)
+                    source = fit_source(to_rgb8(img), s.width, s.height, request.fit)  # 16-bit scaled (C.6)
                 inv = slot.engine.invert(source, prompt=request.inversion_prompt, height=s.height, width=s.width)
             else:
                 # MasaCtrl's synthesis: the generation's own trajectory is the source branch, exact and
