@@ -133,6 +133,8 @@ class _SourceSize(_Retarget):
 class OpenPoseJsonSpec(_SourceSize):
     """OpenPose JSON files (OpenPose, DWPose, pose editors), one per frame."""
 
+    model_config = ConfigDict(title="OpenPose JSON files")
+
     kind: Literal["openpose_json"] = Field("openpose_json", description="Selects OpenPose JSON input.")
     path: str = Field(
         description="A folder of OpenPose JSON files, one per frame, read in natural order "
@@ -159,6 +161,8 @@ class OpenPoseJsonSpec(_SourceSize):
 
 class PoseImagesSpec(_Spec):
     """Already-rendered pose maps."""
+
+    model_config = ConfigDict(title="Pose map images")
 
     kind: Literal["images"] = Field("images", description="Selects pre-rendered pose map images.")
     source: str | list[str] = Field(
@@ -194,6 +198,8 @@ class PoseImagesSpec(_Spec):
 class VideoSpec(_Detection):
     """A driving video, run through a pose detector (the bundled one unless detector: openpose)."""
 
+    model_config = ConfigDict(title="Driving video")
+
     kind: Literal["video"] = Field("video", description="Selects pose detection on a driving video.")
     path: str = Field(description="The video file (anything ffmpeg decodes: mp4, mov, webm, gif...).")
     every_nth: int = Field(1, ge=1, description="Use every n-th video frame (1 = every frame).")
@@ -210,6 +216,8 @@ class VideoSpec(_Detection):
 
 class ImageSpec(_Detection):
     """One picture of a person (e.g. a reference photo): its pose, as a single frame."""
+
+    model_config = ConfigDict(title="Pose of one picture")
 
     kind: Literal["image"] = Field("image", description="Selects pose detection on one picture.")
     path: str = Field(description="The picture (png, jpg, webp, ...) whose person's pose is wanted.")
@@ -230,6 +238,8 @@ class ImageSpec(_Detection):
 
 class KeyframesSpec(_SourceSize):
     """A few key poses, interpolated to a number of frames."""
+
+    model_config = ConfigDict(title="Keyframes")
 
     kind: Literal["keyframes"] = Field("keyframes", description="Selects interpolation between key poses.")
     keyframes: list[str] = Field(min_length=1, description="OpenPose JSON files of the key poses, in order.")
@@ -282,6 +292,7 @@ class KeyframesSpec(_SourceSize):
 
 PoseSpec = Annotated[
     OpenPoseJsonSpec | PoseImagesSpec | VideoSpec | ImageSpec | KeyframesSpec,
-    Field(discriminator="kind"),
+    # The title labels the choice in Prefect's form (V2 otherwise calls it "Field").
+    Field(discriminator="kind", title="Pose source"),
 ]
 PoseSpecAdapter: TypeAdapter[PoseSpec] = TypeAdapter(PoseSpec)
