@@ -70,3 +70,29 @@ def test_lora_path_must_exist(tiny_env, tmp_path):
 
     with pytest.raises(ValidationError, match="does not exist"):
         job(tiny_env, tmp_path, model={"model": "tiny", "loras": [{"path": str(tmp_path / "nope.safetensors")}]})
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_sdxl_families_render_end_to_end_through_the_flow(tiny_env, tmp_path):
+    """The job names only the model: the family, its text conditioning, its block count and its
+    scheduler come from the checkpoint; Turbo at guidance 0 costs one sample per frame and step."""
+    from flows import animate
+
+    walk = sorted((__import__("pathlib").Path(__file__).resolve().parent.parent / "examples" / "poses" / "walk")
+                  .glob("*.json"))[:2]
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    for path in walk:
+        (poses / path.name).write_text(path.read_text())
+    sdxl = animate(job(tiny_env, tmp_path, model={"model": "tiny-sdxl", "controlnet": "tiny"}, steps=3, start_step=1,
+                       start_layer=64).model_copy(update={"frames": AnimationJob.model_validate({
+                           "source": {"prompt": "a cat"},
+                           "frames": {"prompts": ["a cat"], "poses": {"kind": "openpose_json", "path": str(poses)}},
+                           "model": {"model": "tiny", "controlnet": "tiny"}}).frames}))
+    assert sdxl.frame_count == 2 and sdxl.unet_calls["controlnet_calls"] > 0
+    assert sdxl.unet_calls["frame_samples"] == 2 * 2 * 3
+    turbo = animate(job(tiny_env, tmp_path, model="tiny-sdxl-turbo", steps=4, start_step=0, guidance_scale=0.0,
+                        start_layer=64))
+    assert turbo.frame_count == 1 and turbo.unet_calls["frame_samples"] == 4  # one sample per step, no CFG pair
+    assert turbo.unet_calls["inversion_calls"] == 4
