@@ -46,9 +46,9 @@ def test_ddim_matches_diffusers_schedulers(tiny_pipe, steps):
         torch.testing.assert_close(ddim.invert(eps, k, x), inverse.step(eps, t, x).prev_sample, atol=1e-5, rtol=1e-5)
 
 
-def test_identity_frame_follows_source_branch(tiny_pipe, image):
+def test_identity_frame_follows_source_branch(family_pipe, image):
     """Same prompt, no pose, control everywhere: the frame is the source branch, step by step."""
-    eng = engine(tiny_pipe, start_step=0, start_layer=0, source_correction=False)
+    eng = engine(family_pipe, start_step=0, start_layer=0, source_correction=False)
     inv = eng.invert(image)
     seen = {}
     eng.render(inv, SOURCE_PROMPT, [SOURCE_PROMPT], output_type="latent",
@@ -59,23 +59,23 @@ def test_identity_frame_follows_source_branch(tiny_pipe, image):
         torch.testing.assert_close(seen[step][0], branch.latents[step], atol=1e-5, rtol=1e-5)
 
 
-def test_source_correction_ends_on_the_encoded_source(tiny_pipe, image):
-    eng = engine(tiny_pipe, source_correction=True)
+def test_source_correction_ends_on_the_encoded_source(family_pipe, image):
+    eng = engine(family_pipe, source_correction=True)
     inv = eng.invert(image)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.no_grad():
-        encoded = tiny_pipe.vae.encode(pixels).latent_dist.mean * tiny_pipe.vae.config.scaling_factor
+        encoded = family_pipe.vae.encode(pixels).latent_dist.mean * family_pipe.vae.config.scaling_factor
     branch = eng.source_branch(inv, SOURCE_PROMPT)
     assert torch.equal(branch.latents[-1], encoded[0])
     # ...and it follows the inversion trajectory backwards at every step.
     assert torch.equal(branch.latents, inv.trajectory.flip(0)[1:])
     # Without correction the free-running source drifts away from it (the test above can fail).
-    drift = engine(tiny_pipe, source_correction=False).source_branch(inv, SOURCE_PROMPT).latents[-1]
+    drift = engine(family_pipe, source_correction=False).source_branch(inv, SOURCE_PROMPT).latents[-1]
     assert (drift - encoded[0]).abs().max() > 1e-3
 
 
-def test_frames_do_not_depend_on_batching(tiny_pipe, image):
-    eng = engine(tiny_pipe)
+def test_frames_do_not_depend_on_batching(family_pipe, image):
+    eng = engine(family_pipe)
     inv = eng.invert(image)
     prompts = ["a cat standing", "a cat jumping", "a cat sitting", "a dog running"]
     one = eng.render(inv, SOURCE_PROMPT, prompts, batch_size=1, output_type="latent")
@@ -90,8 +90,8 @@ def test_frames_do_not_depend_on_batching(tiny_pipe, image):
 
 
 @pytest.mark.parametrize("correction, source_calls", [(True, 6 - 2), (False, 6)])
-def test_cost_is_exactly_the_floor(tiny_pipe, image, correction, source_calls):
-    eng = engine(tiny_pipe, source_correction=correction)
+def test_cost_is_exactly_the_floor(family_pipe, image, correction, source_calls):
+    eng = engine(family_pipe, source_correction=correction)
     inv = eng.invert(image)
     frames = ["a cat standing", "a cat jumping", "a dog sitting"]
     eng.render(inv, SOURCE_PROMPT, frames, batch_size=2, output_type="latent")

@@ -28,6 +28,12 @@ def inv(tiny_pipe):
     return engine(tiny_pipe).invert(_image())
 
 
+@pytest.fixture
+def family_inv(family_pipe):
+    """The test image inverted with ``family_pipe`` (sd15 or sdxl)."""
+    return engine(family_pipe).invert(_image())
+
+
 def _pose(seed):
     """A pose-map-like image: a few bright limbs on black."""
     rng = np.random.default_rng(seed)
@@ -38,12 +44,12 @@ def _pose(seed):
     return Image.fromarray(canvas)
 
 
-def test_all_ones_masks_give_the_unmasked_result(tiny_pipe, inv):
+def test_all_ones_masks_give_the_unmasked_result(family_pipe, family_inv):
     ones = np.ones((64, 64), np.uint8) * 255
-    masked = engine(tiny_pipe, mask=MaskConfig(source_mask=ones))
+    masked = engine(family_pipe, mask=MaskConfig(source_mask=ones))
     frames = [FrameSpec("a cat standing", mask=ones), FrameSpec("a cat jumping", mask=ones)]
-    got = masked.render(inv, SOURCE_PROMPT, frames, output_type="latent")
-    want = engine(tiny_pipe).render(inv, SOURCE_PROMPT, ["a cat standing", "a cat jumping"], output_type="latent")
+    got = masked.render(family_inv, SOURCE_PROMPT, frames, output_type="latent")
+    want = engine(family_pipe).render(family_inv, SOURCE_PROMPT, ["a cat standing", "a cat jumping"], output_type="latent")
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
@@ -57,12 +63,12 @@ def test_partial_masks_change_the_frames(tiny_pipe, inv):
     assert (got - plain).abs().max() > 1e-4
 
 
-def test_empty_masks_fall_back_without_nan_and_say_so(tiny_pipe, inv, caplog):
+def test_empty_masks_fall_back_without_nan_and_say_so(family_pipe, family_inv, caplog):
     empty = np.zeros((64, 64), np.uint8)
-    eng = engine(tiny_pipe, mask=MaskConfig(source_mask=empty))
+    eng = engine(family_pipe, mask=MaskConfig(source_mask=empty))
     with caplog.at_level(logging.WARNING, logger="masactrl_engine"):
-        got = eng.render(inv, SOURCE_PROMPT, [FrameSpec("a cat standing", mask=empty)], output_type="latent")
-    plain = engine(tiny_pipe).render(inv, SOURCE_PROMPT, ["a cat standing"], output_type="latent")
+        got = eng.render(family_inv, SOURCE_PROMPT, [FrameSpec("a cat standing", mask=empty)], output_type="latent")
+    plain = engine(family_pipe).render(family_inv, SOURCE_PROMPT, ["a cat standing"], output_type="latent")
     assert not torch.isnan(got).any()
     torch.testing.assert_close(got, plain, atol=1e-6, rtol=1e-6)
     assert "frame 0: source mask empty" in caplog.text and "plain mutual self-attention" in caplog.text
@@ -98,17 +104,17 @@ def test_unknown_subject_is_refused_before_any_unet_call(tiny_pipe, inv):
 
 
 @pytest.mark.parametrize("height, width", [(64, 96), (72, 64)])
-def test_non_square_sizes_with_automatic_masks(tiny_pipe, height, width):
-    eng = engine(tiny_pipe, mask=MaskConfig(subject="cat"))
+def test_non_square_sizes_with_automatic_masks(family_pipe, height, width):
+    eng = engine(family_pipe, mask=MaskConfig(subject="cat"))
     inv = eng.invert(_image(height, width))
     out = eng.render(inv, SOURCE_PROMPT, ["a cat standing"], output_type="np")
     assert out.shape == (1, height, width, 3) and not np.isnan(out).any()
 
 
-def test_controlnet_scale_zero_equals_no_controlnet(tiny_pipe, inv):
-    posed = engine(tiny_pipe, controlnet_scale=0.0).render(
-        inv, SOURCE_PROMPT, [FrameSpec("a cat standing", pose=_pose(0))], output_type="latent")
-    plain = engine(tiny_pipe).render(inv, SOURCE_PROMPT, [FrameSpec("a cat standing")], output_type="latent")
+def test_controlnet_scale_zero_equals_no_controlnet(family_pipe, family_inv):
+    posed = engine(family_pipe, controlnet_scale=0.0).render(
+        family_inv, SOURCE_PROMPT, [FrameSpec("a cat standing", pose=_pose(0))], output_type="latent")
+    plain = engine(family_pipe).render(family_inv, SOURCE_PROMPT, [FrameSpec("a cat standing")], output_type="latent")
     assert torch.equal(posed, plain)
 
 
