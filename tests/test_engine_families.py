@@ -332,3 +332,18 @@ def test_lora_digest_follows_the_file_bytes(tiny_family_checkpoint, tmp_path):
     assert lora_digest(first) == lora_digest(same)
     assert lora_digest(other) != lora_digest(first)
     assert len(lora_digest(first)) == 64
+
+
+def test_sdxl_controlnet_takes_the_added_conditions_and_moves_the_frame(tiny_family_pipe):
+    pipe = tiny_family_pipe("sdxl")
+    assert type(pipe).__name__ == "StableDiffusionXLControlNetPipeline"
+    eng = engine(pipe, num_steps=2, start_step=0)
+    inv = eng.invert(_image())
+    pose = np.zeros((64, 64, 3), np.uint8)
+    pose[20:44, 28:36] = 200
+    from masactrl_engine import FrameSpec
+
+    posed, plain = eng.render(inv, "a photo of a cat", [FrameSpec("a cat", pose=pose), FrameSpec("a cat")],
+                              output_type="latent")
+    assert eng.stats.controlnet_calls == 2 and eng.stats.controlnet_samples == 2 * 2 * 2
+    assert posed.isfinite().all() and (posed - plain).abs().max() > 1e-3
