@@ -132,7 +132,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 
 def test_missing_frames_and_pose_index(tmp_path):
-    frames_io.save_png_atomic(Image.new("RGB", (8, 8)), frames_io.frame_path(tmp_path, 1))
+    from flows.frame_manifest import write_frame
+
+    write_frame(Image.new("RGB", (8, 8)), tmp_path, 1)  # a frame with its digest
     frames_io.frame_path(tmp_path, 2).write_bytes(b"not a png")
     assert frames_io.missing_frames(tmp_path, range(4), (8, 8)) == [0, 2, 3]
     assert frames_io.missing_frames(tmp_path, range(4), (16, 16)) == [0, 1, 2, 3]  # wrong size is not done
