@@ -44,6 +44,8 @@ DEFAULT_POOL = "local"
 POOL_ENV = "MASACTRL_GPU_POOL"
 """Environment variable naming this machine's (or cluster's) GPU pool; ``local`` when unset."""
 LIMIT_PREFIX = "gpu-"
+LEASE_ENV = "MASACTRL_GPU_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 60.0
 
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -155,7 +157,7 @@ def gpu_slot(
     occupy: int = 1,
     timeout_seconds: float | None = None,
     strict: bool = False,
-    lease_duration: float = 60,
+    lease_duration: float | None = None,
 ) -> Iterator[None]:
     """Hold ``occupy`` slots of ``gpu-<pool>`` for the duration of the block (a GPU chunk).
 
@@ -165,22 +167,35 @@ def gpu_slot(
     it runs unthrottled (saying so once per process in the log), or raises when ``strict``. A failed lease
     renewal (a server hiccup during a long chunk) is logged, not fatal: the chunk keeps its GPU.
     The lease is renewed every 0.75 * ``lease_duration`` s; a holder that dies frees its slot
-    after at most ``lease_duration`` s.
+    after at most ``lease_duration`` s (default ``$MASACTRL_GPU_LEASE_SECONDS``, else 60; Prefect
+    accepts 60 s to 1 day); a later run of the same job frees it at once (flows/ghost_runs.py).
     """
     from prefect.concurrency.sync import concurrency
+
+    if lease_duration is None:
+        lease_duration = float(os.environ.get(LEASE_ENV, "").strip() or DEFAULT_LEASE_SECONDS)
 
     name = gpu_limit_name(pool)
     if not strict and not _limit_exists(name):
         yield  # unthrottled, as Prefect would be, without its warning on every chunk
         return
-    with concurrency(
+    from prefect.concurrency.context import ConcurrencyContext
+
+    from . import ghost_runs
+
+    # Our own ConcurrencyContext: Prefect records the lease id there the moment it is granted (and
+    # releases leftovers on exit), which is the only place the id is visible to the caller. The id
+    # goes into a host-local lease record, so that a later run can release the slot of this one if
+    # its process dies (flows/ghost_runs.py); the holder tells the server which task run holds it.
+    with ConcurrencyContext() as leases, concurrency(
         name,
         occupy=occupy,
         timeout_seconds=timeout_seconds,
         strict=strict,
         lease_duration=lease_duration,
         raise_on_lease_renewal_failure=False,
-    ):
+        holder=ghost_runs.lease_holder(),
+    ), ghost_runs.lease_record(list(leases.cleanup_lease_ids), name):
         yield
 
 
