@@ -48,7 +48,7 @@ role="${1:-worker}"
 
 # The shared volume's layout; relative job folders ("out", "inbox") point here (see Dockerfile).
 if [ "${MASACTRL_ENTRYPOINT_DRY_RUN:-0}" != "1" ] && [ -d "$DATA" ] && [ -w "$DATA" ]; then
-    mkdir -p "$DATA/out" "$DATA/inbox" "$DATA/models" "$DATA/cache" "$DATA/prefect-results"
+    mkdir -p "$DATA/out" "$DATA/inbox" "$DATA/inputs" "$DATA/models" "$DATA/cache" "$DATA/prefect-results"
 fi
 case "$role" in
     worker | server | setup | dask-scheduler | dask-worker)

@@ -52,9 +52,15 @@ def _environment_invalid(source: str, job) -> Optional[int]:
     output folder not writable, CUDA missing, Dask scheduler unreachable, hub model not cached
     while offline. Cheap checks, done before Prefect or a model starts (C.4)."""
     from .inputs import confinement_problems, environment_problems
+    from .prompt_limits import check_prompts
 
-    problems = confinement_problems(job) + environment_problems(job)
+    # Outside the roots: refused without probing those paths. The prompts against the text
+    # encoder's token limit (C.4/C.6): a subject word it never reads is an error, cut prompts warn.
+    prompts = check_prompts(job)
+    problems = (confinement_problems(job) or environment_problems(job)) + prompts.errors
     if not problems:
+        for field, message in prompts.warnings:
+            print(f"{source}: warning: {field}: {message}", file=sys.stderr)
         return None
     print(f"{source}: invalid job", file=sys.stderr)
     for field, message in problems:
@@ -167,6 +173,8 @@ def cmd_sweep(args) -> int:
         prepare_sweep(job, grid, frames, write=False)
     except SweepError as exc:
         return _print_invalid(args.job, exc)
+    if (code := _environment_invalid(args.job, job)) is not None:
+        return code
     enable_terminal_progress(not args.no_progress)
     state = sweep(job, grid or None, frames, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -217,10 +225,30 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def apply_roots(args) -> None:
+    """``serve --input-root/--output-root``: confine the flow runs it starts (they inherit these
+    variables; flows/inputs.py checks them). Not given: whatever the environment already says,
+    by default unset = no confinement."""
+    import os
+
+    from .inputs import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV
+
+    if args.input_root:
+        os.environ[INPUT_ROOTS_ENV] = os.pathsep.join(str(Path(r).expanduser().absolute()) for r in args.input_root)
+    if args.output_root:
+        root = Path(args.output_root).expanduser().absolute()
+        root.mkdir(parents=True, exist_ok=True)
+        os.environ[OUTPUT_ROOT_ENV] = str(root)
+    inputs, output = os.environ.get(INPUT_ROOTS_ENV), os.environ.get(OUTPUT_ROOT_ENV)
+    print(f"input roots: {inputs or 'none (runs may read any file this user can)'}; "
+          f"output root: {output or 'none (runs may write anywhere this user can)'}", flush=True)
+
+
 def cmd_serve(args) -> int:
     from .concurrency import ensure_gpu_limit
     from .deployments import serve_deployments
 
+    apply_roots(args)  # before the media server: it serves the output root
     cron = None if args.no_schedule else args.cron
     media = None
     if not args.no_media:
@@ -439,6 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="GPU chunks that may run at once in this pool (default 1)")
     p.add_argument("--gpu-pool", default=None, help="GPU pool name; the limit is gpu-<pool> (default: "
                    "$MASACTRL_GPU_POOL or 'local')")
+    p.add_argument("--input-root", action="append", default=[], metavar="FOLDER",
+                   help="runs started through this server (UI, submit, inbox) may read source images and pose "
+                   "files only below these folders (repeatable; sets $MASACTRL_INPUT_ROOTS). Default: "
+                   "$MASACTRL_INPUT_ROOTS, unset = no confinement")
+    p.add_argument("--output-root", default=None, metavar="FOLDER",
+                   help="their output folders must lie below this folder (sets $MASACTRL_OUTPUT_ROOT; inbox "
+                   "jobs' relative output folders resolve against it). Default: $MASACTRL_OUTPUT_ROOT, unset = "
+                   "no confinement")
     p.add_argument("--no-media", action="store_true", help="do not start the media server (artifact links then "
                    "use $MASACTRL_MEDIA_URL, else file://)")
     p.add_argument("--media-port", type=int, default=None,

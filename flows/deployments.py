@@ -7,6 +7,7 @@ renders every job file in an inbox folder that has no finished output).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -38,7 +39,8 @@ class InboxReport(BaseModel):
 def animate_inbox(
     inbox: str = Field("inbox", description="Folder of job files (*.yaml, *.yml, *.json)."),
     output_folder: Optional[str] = Field(
-        None, description="Relative output folders of the job files are taken from here (empty = the inbox folder)."
+        None, description="Relative output folders of the job files are taken from here (empty = the output root "
+        "MASACTRL_OUTPUT_ROOT when the server sets one, else the inbox folder)."
     ),
 ) -> InboxReport:
     """Render every job file in the inbox that has no finished output yet (idempotent)."""
@@ -46,7 +48,11 @@ def animate_inbox(
     inbox_dir = Path(inbox).expanduser().absolute()
     if not inbox_dir.is_dir():
         raise ValueError(f"inbox: {inbox_dir} is not a folder; create it or pass an existing folder")
-    base = Path(output_folder).expanduser().absolute() if output_folder else inbox_dir
+    from .inputs import OUTPUT_ROOT_ENV
+
+    # A confined server (serve --output-root, deploy/) keeps inbox results below its output root.
+    default_base = os.environ.get(OUTPUT_ROOT_ENV) or inbox_dir
+    base = Path(output_folder or default_base).expanduser().absolute()
     report = InboxReport()
     files = job_files(inbox_dir)
     logger.info("Inbox %s: %d job file(s)", inbox_dir, len(files))

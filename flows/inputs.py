@@ -229,6 +229,23 @@ def _pose_input_paths(job) -> list[tuple[str, str]]:
     return out
 
 
+def input_root_problem(path: str | os.PathLike, environ=None) -> Optional[str]:
+    """Why ``path`` may not be read (outside ``$MASACTRL_INPUT_ROOTS``), or None (inside, or unset)."""
+    allowed = _roots(os.environ if environ is None else environ, INPUT_ROOTS_ENV)
+    if not allowed or _inside(path, allowed):
+        return None
+    where = ", ".join(str(r) for r in allowed)
+    return f"{os.fspath(path)} is outside the input folders this server reads ({where}); put the file there"
+
+
+def output_root_problem(folder: str | os.PathLike, environ=None) -> Optional[str]:
+    """Why results may not be written below ``folder`` (outside ``$MASACTRL_OUTPUT_ROOT``), or None."""
+    root = _roots(os.environ if environ is None else environ, OUTPUT_ROOT_ENV)[:1]
+    if not root or _inside(folder, root):
+        return None
+    return f"{os.fspath(folder)} is outside the output root {root[0]}; give a folder below it"
+
+
 def confinement_problems(job, environ=None) -> list[tuple[str, str]]:
     """Inputs outside ``$MASACTRL_INPUT_ROOTS`` and an output folder outside ``$MASACTRL_OUTPUT_ROOT``.
 
@@ -236,21 +253,27 @@ def confinement_problems(job, environ=None) -> list[tuple[str, str]]:
     so a form user cannot read ``/etc/shadow`` as a source or write into ``/etc``. Unset: no
     confinement (local CLI runs keep their freedom).
     """
-    environ = os.environ if environ is None else environ
     problems: list[tuple[str, str]] = []
-    inputs_allowed = _roots(environ, INPUT_ROOTS_ENV)
-    if inputs_allowed:
-        where = ", ".join(str(r) for r in inputs_allowed)
-        candidates = [("source.image", os.fspath(job.source.image))] if job.source.image is not None else []
-        for field, path in candidates + _pose_input_paths(job):
-            if not _inside(path, inputs_allowed):
-                problems.append((field, f"{path} is outside the input folders this server reads ({where}); "
-                                        "put the file there"))
-    output_root = _roots(environ, OUTPUT_ROOT_ENV)
-    if output_root and not _inside(job.output.folder, output_root[:1]):
-        problems.append(("output.folder", f"{job.output.folder} is outside the output root {output_root[0]}; "
-                                          "give a folder below it"))
+    candidates = [("source.image", os.fspath(job.source.image))] if job.source.image is not None else []
+    for field, path in candidates + _pose_input_paths(job):
+        if (problem := input_root_problem(path, environ)):
+            problems.append((field, problem))
+    if (problem := output_root_problem(job.output.folder, environ)):
+        problems.append(("output.folder", problem))
     return problems
+
+
+def run_problems(job, environ=None) -> list[tuple[str, str]]:
+    """What a flow run refuses right after validating its job, as ``(field, message)`` pairs: paths
+    outside the configured roots (C.5; then nothing else is probed there), what this worker cannot
+    give the job (writable output folder, CUDA, Dask scheduler, cached hub model), and a subject
+    word that the text encoder never reads (C.4, flows/prompt_limits.py)."""
+    from .prompt_limits import check_prompts
+
+    confined = confinement_problems(job, environ)
+    if confined:
+        return confined
+    return environment_problems(job) + check_prompts(job).errors
 
 
 __all__ = [
@@ -259,6 +282,7 @@ __all__ = [
     "environment_problems",
     "open_image",
     "path_length_problem",
+    "run_problems",
     "to_rgb8",
     "writable_folder_problem",
 ]

@@ -119,6 +119,10 @@ def check_output_folder(path: Path) -> Path:
     resolved = expanded.absolute()
     if resolved == Path(resolved.anchor) or resolved == Path.home():
         raise ValueError(f"{text!r} is the filesystem root or the home folder; use a subfolder such as 'out'")
+    from .inputs import output_root_problem
+
+    if (outside := output_root_problem(expanded)):  # $MASACTRL_OUTPUT_ROOT (server runs, C.5)
+        raise ValueError(outside)
     return expanded
 
 
@@ -162,8 +166,11 @@ class SourceSpec(_Model):
     def _image_readable(cls, value: Optional[Path]) -> Optional[Path]:
         if value is None or str(value).strip() in ("", "."):
             return None
-        from .inputs import open_image
+        from .inputs import input_root_problem, open_image
 
+        # Outside $MASACTRL_INPUT_ROOTS (server runs, C.5): refused before the file is even opened.
+        if (outside := input_root_problem(value)):
+            raise ValueError(outside)
         # Path length, pixel limit from the header (decompression bombs), then a full decode (C.4).
         open_image(value)
         return Path(value).expanduser().absolute()

@@ -276,6 +276,15 @@ def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
         message = "Invalid job: " + "; ".join(describe_validation_error(exc))
         logger.error(message)
         return Failed(message=message)
+    from .inputs import run_problems  # C.4/C.5 on the worker: roots, its environment, the token limit
+    from .prompt_limits import check_prompts
+
+    if refused := run_problems(job):
+        message = "Invalid job: " + "; ".join(f"{field}: {text}" for field, text in refused)
+        logger.error(message)
+        return Failed(message=message)
+    for field, text in check_prompts(job).warnings:
+        logger.warning("%s: %s", field, text)
     try:
         sp = prepare_sweep(job, grid, frames, write=True)
     except SweepError as exc:

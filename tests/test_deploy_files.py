@@ -569,3 +569,48 @@ def test_readme_covers_what_an_operator_needs():
         assert needle in text, needle
     for path in re.findall(r"`(deploy/[\w./-]+)`", text):
         assert (ROOT / path).exists() or path == "deploy/.env", path
+
+
+# --- confinement of server-triggered runs (issue 13 C.5) -----------------------------------
+
+ROOTS = "/data/inputs:/data/inbox:/data/models:/opt/masactrl-animate/examples"
+
+
+def test_compose_confines_the_runs_it_starts(compose):
+    services = compose["services"]
+    for name in ("prefect-worker", "prefect-setup", "dask-worker"):
+        env = _env(services[name])
+        assert env["MASACTRL_INPUT_ROOTS"] == ROOTS, name
+        assert env["MASACTRL_OUTPUT_ROOT"] == "/data/out", name
+    # results land where the media server serves them; the roots are on the shared volume (or the image)
+    media = services["media"]
+    assert media["command"][media["command"].index("--root") + 1] == _env(services["prefect-worker"])["MASACTRL_OUTPUT_ROOT"]
+    assert all(r.startswith(("/data/", "/opt/masactrl-animate/")) for r in ROOTS.split(":"))
+    assert '"$DATA/inputs"' in ENTRYPOINT.read_text()  # /data/inputs exists on a fresh volume
+    # an operator's value wins; an empty one lifts the confinement
+    raw = load_compose("compose.yaml")
+    lifted = interpolate(raw, {**SECRETS_ENV, "MASACTRL_INPUT_ROOTS": "", "MASACTRL_OUTPUT_ROOT": "/srv/out"})
+    assert _env(lifted["services"]["prefect-worker"])["MASACTRL_INPUT_ROOTS"] == ""
+    assert _env(lifted["services"]["prefect-worker"])["MASACTRL_OUTPUT_ROOT"] == "/srv/out"
+
+
+def test_prefect_yaml_and_k8s_confine_flow_runs(prefect_yaml):
+    targets = prefect_yaml["definitions"]["targets"]
+    for name in ("docker", "kubernetes"):
+        env = targets[name]["work_pool"]["job_variables"]["env"]
+        assert env["MASACTRL_INPUT_ROOTS"] == ROOTS and env["MASACTRL_OUTPUT_ROOT"] == "/data/out", name
+    # the local (process) target inherits the worker's environment, which compose sets
+    assert "MASACTRL_INPUT_ROOTS" in (DEPLOY / "prefect.yaml").read_text().split("docker: &docker")[0]
+    template = json.loads((K8S / "work-pool-template.json").read_text())
+    default_env = template["variables"]["properties"]["env"]["default"]
+    assert default_env == {"MASACTRL_INPUT_ROOTS": ROOTS, "MASACTRL_OUTPUT_ROOT": "/data/out"}
+
+
+def test_env_example_and_readme_document_the_roots():
+    example = dict(line.split("=", 1) for line in (DEPLOY / "env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example["MASACTRL_INPUT_ROOTS"] == ROOTS and example["MASACTRL_OUTPUT_ROOT"] == "/data/out"
+    text = (DEPLOY / "README.md").read_text()
+    for needle in ("MASACTRL_INPUT_ROOTS", "MASACTRL_OUTPUT_ROOT", "--input-root", "--output-root",
+                   "What a run may read and write", "/data/inputs"):
+        assert needle in text, needle
