@@ -96,9 +96,9 @@ def table(rows: list[Row]) -> str:
     base = next((r for r in rows if r.family == "sd15"), None)
     for r in rows:
         if base is not None and r is not base:
-            lines.append(f"{r.model}: {base.frame_samples_per_frame / r.frame_samples_per_frame:.1f}x fewer UNet samples "
-                         f"per frame than SD 1.5 at T={base.steps} ({r.frame_samples_per_frame:.0f} vs "
-                         f"{base.frame_samples_per_frame:.0f})")
+            lines.append(f"{r.model}: {r.frame_samples_per_frame:.0f} UNet samples per frame against "
+                         f"{base.frame_samples_per_frame:.0f} for SD 1.5 at T={base.steps} "
+                         f"({base.frame_samples_per_frame / r.frame_samples_per_frame:.1f}x fewer)")
     return "\n".join(lines)
 
 
