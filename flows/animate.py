@@ -26,7 +26,7 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from . import frames_io, progress, rendering
+from . import frames_io, progress, rendering, runlogs
 from .artifacts import artifact_key, progress_description, progress_percent, publish_outputs
 from .job import AnimationJob, describe_validation_error
 from .models import TINY_NOTE, is_tiny
@@ -142,6 +142,9 @@ def mark_progress_cancelled(flow, flow_run, state) -> None:
             "to resume"))
 
 
+runlogs.install()  # no engine traceback in the log of a run that returned Failed (B.2)
+
+
 # validate_parameters=False: the job is validated first thing in the body instead, so that an
 # invalid job from the UI form fails the run with the validation message as its state message
 # rather than a traceback.
@@ -158,6 +161,15 @@ def animate(job: AnimationJob) -> AnimationResult:
         message = "Invalid job: " + "; ".join(describe_validation_error(exc))
         logger.error(message)
         return Failed(message=message)
+    from .inputs import run_problems  # C.4/C.5 on the worker: roots, its environment, the token limit
+    from .prompt_limits import check_prompts
+
+    if refused := run_problems(job):
+        message = "Invalid job: " + "; ".join(f"{field}: {text}" for field, text in refused)
+        logger.error(message)
+        return Failed(message=message)
+    for field, text in check_prompts(job).warnings:
+        logger.warning("%s: %s", field, text)
     notes = [TINY_NOTE.format(name=job.model.model)] if is_tiny(job.model) else []
     if job.sweep is not None:
         # One job file serves both commands: a run renders the job's own settings (e.g. with the
@@ -174,7 +186,21 @@ def animate(job: AnimationJob) -> AnimationResult:
         description=progress_description(0, len(plan.frames), plan.job_hash, job.name))
 
     with rendering.folder_lock(Path(plan.job_dir)):  # an identical run waits, then reuses these frames
-        return _render_and_stitch(job, plan, progress_id, notes, timings, t_start)
+        # A run of this job killed hard (kill -9) left running.json: crash it in the API and free its
+        # GPU slot now rather than when its lease expires (flows/ghost_runs.py).
+        from .ghost_runs import clean_up_ghost, running
+
+        me = flow_run_id()
+        clean_up_ghost(plan.job_dir, me, logger)
+        with running(plan.job_dir, me):
+            return _render_and_stitch(job, plan, progress_id, notes, timings, t_start)
+
+
+def flow_run_id() -> Optional[UUID]:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None
 
 
 def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, notes: list[str],
