@@ -222,6 +222,10 @@ def cmd_demo(args) -> int:
         print(f"  contact sheet: {result.contact_sheet}")
         if result.side_by_side:
             print(f"  pose | frame:  {result.side_by_side}")
+        if result.metrics_summary:
+            print(f"  {result.metrics_summary}")
+    for note in sorted({n for r in results.values() for n in r.notes}):
+        print(f"note: {note}")
     return EXIT_OK
 
 
