@@ -6,7 +6,11 @@ process, and prints a table:
 - published: per frame, invert the source and denoise the ``[source, frame]`` pair under CFG
   (``benchmarks/published.py``);
 - ours: ``SequenceEngine``: invert once, source branch once, frames in batches;
-- floor: ``N * T`` CFG pairs, the frames part of "ours" (timed inside the same runs).
+- floor: ``N * T`` CFG pairs, the frames part of "ours" (timed inside the same runs);
+- renoise: "ours" with ``frame_start="renoise", strength=0.6``: frames run only the last
+  ``T - k`` steps, ``k = round(0.4 T)``;
+- anchor: "ours" with ``cross_frame="anchor"``: the anchor frame (frame 0) is rendered first,
+  the other frames attend to the source and the anchor.
 
 UNet calls and samples are counted exactly with a forward pre-hook (and checked against the
 formulas and the engine's own ``EngineStats``); time per frame is the median over repeats (the
@@ -50,6 +54,9 @@ DEFAULTS = {
     "sd15": dict(size=256, steps=4, start_step=1, frames=[1, 4, 8], repeats=1, published_frames=3),
 }
 QUICK = dict(size=64, steps=3, start_step=1, frames=[1, 3], repeats=1, published_frames=None, batch_size=2)
+# The animation controls measured beside "ours" (ControlConfig settings on top of the job's).
+RENOISE_STRENGTH = 0.6
+VARIANTS = {"renoise": dict(frame_start="renoise", strength=RENOISE_STRENGTH), "anchor": dict(cross_frame="anchor")}
 
 
 def frame_prompts(n: int) -> list[str]:
@@ -98,6 +105,7 @@ class Settings:
 def expected_counts(s: Settings, n: int) -> dict[str, int]:
     """The exact UNet/text-encoder costs the formulas predict (source correction on)."""
     T, S, B = s.steps, s.start_step, s.batch_size
+    renoise_k = round((1 - RENOISE_STRENGTH) * T)
     inv_rows = 2 if s.published_inversion == "cfg" else 1
     return dict(
         published_calls=n * 2 * T,
@@ -108,6 +116,14 @@ def expected_counts(s: Settings, n: int) -> dict[str, int]:
         ours_text_calls=n + 2,  # "", the source prompt, each (distinct) frame prompt: once
         floor_calls=math.ceil(n / B) * T,
         floor_samples=2 * n * T,
+        # renoise: the frames start at step k and run T - k steps; inversion and source branch unchanged
+        renoise_calls=T + (T - S) + math.ceil(n / B) * (T - renoise_k),
+        renoise_samples=T + 2 * (T - S) + 2 * n * (T - renoise_k),
+        renoise_text_calls=n + 2,
+        # anchor: frame 0 alone first (T CFG pairs), then the other N - 1 frames in batches
+        anchor_calls=T + (T - S) + T + math.ceil((n - 1) / B) * T,
+        anchor_samples=T + 2 * (T - S) + 2 * n * T,
+        anchor_text_calls=n + 2,
     )
 
 
@@ -178,13 +194,17 @@ class Bench:
         return Run(m.seconds, m.peak_bytes, self.unet.total_calls(), self.unet.total_samples(),
                    self.text.total_calls(), dict(timer.seconds), dict(self.unet.samples), dict(self.unet.calls))
 
-    def ours(self, n: int) -> Run:
+    def ours(self, n: int, variant: str | None = None) -> Run:
+        """The engine's job of ``n`` frames; ``variant`` names one of ``VARIANTS``."""
+        from dataclasses import replace
+
         from masactrl_engine import SequenceEngine
 
+        config = self.config if variant is None else replace(self.config, **VARIANTS[variant])
         self._reset()
         timer = Timer(self.device)
         with measured(self.device) as m:
-            engine = SequenceEngine(self.pipe, self.config, progress=False)
+            engine = SequenceEngine(self.pipe, config, progress=False)
             with timer.phase("inversion"), self.unet.phase("inversion"):
                 inv = engine.invert(self.image, "")
             with timer.phase("source"), self.unet.phase("source"):
@@ -193,11 +213,12 @@ class Bench:
                 latents = engine.render(inv, SOURCE_PROMPT, self.prompts[:n], batch_size=self.s.batch_size,
                                         output_type="latent")
         stats = engine.stats
-        engine_samples = stats.inversion_samples + stats.source_samples + stats.frame_samples
+        engine_samples = stats.inversion_samples + stats.source_samples + stats.frame_samples + stats.anchor_samples
         if engine_samples != self.unet.total_samples():
             raise RuntimeError(f"EngineStats ({engine_samples}) and the hook ({self.unet.total_samples()}) disagree")
         kv = sum(t.numel() * t.element_size() for pair in branch.kv.values() for t in pair)
-        self.ours_latents[n] = latents.float().cpu()
+        if variant is None:
+            self.ours_latents[n] = latents.float().cpu()
         run = Run(m.seconds, m.peak_bytes, self.unet.total_calls(), self.unet.total_samples(),
                   self.text.total_calls(), dict(timer.seconds), dict(self.unet.samples), dict(self.unet.calls), kv)
         del engine, branch, inv, latents
@@ -218,12 +239,16 @@ def run_model(pipe, s: Settings) -> dict:
         resident = resident_bytes(bench.device)
         published: list[Run] = []
         ours: dict[int, list[Run]] = {n: [] for n in s.frames}
+        variants: dict[str, dict[int, list[Run]]] = {v: {n: [] for n in s.frames} for v in VARIANTS}
         jobs = [n for _ in range(s.repeats) for n in s.frames]
         # Published frames spread evenly between the engine's jobs, so that a drifting machine load
         # (other processes on a shared machine) biases neither schedule.
         for j, n in enumerate(jobs):
             ours[n].append(bench.ours(n))
             _progress(f"ours N={n}: {ours[n][-1].seconds:.2f} s")
+            for variant, runs in variants.items():
+                runs[n].append(bench.ours(n, variant))
+                _progress(f"{variant} N={n}: {runs[n][-1].seconds:.2f} s")
             while len(published) < round((j + 1) * s.published_frames / len(jobs)):
                 published.append(bench.published_frame(len(published)))
                 _progress(f"published frame {len(published)}: {published[-1].seconds:.2f} s")
@@ -233,7 +258,8 @@ def run_model(pipe, s: Settings) -> dict:
         difference = float((torch.stack(bench.published_latents[:k]) - bench.ours_latents[largest][:k]).abs().max())
     finally:
         bench.close()
-    return dict(published=published, ours=ours, difference=difference, compared_frames=k, resident=resident)
+    return dict(published=published, ours=ours, variants=variants, difference=difference, compared_frames=k,
+                resident=resident)
 
 
 def _fmt_seconds(x: float) -> str:
@@ -271,6 +297,18 @@ def table(s: Settings, result: dict) -> tuple[str, list[dict]]:
             ("floor", o.calls_by_phase.get("frames", 0), o.samples_by_phase.get("frames", 0), None, f_seconds, f_min,
              None),
         ]
+        for variant, by_n in result["variants"].items():
+            v_runs = by_n[n]
+            v = v_runs[0]
+            if any((r.calls, r.samples, r.text_calls) != (v.calls, v.samples, v.text_calls) for r in v_runs):
+                raise RuntimeError(f"repeats of the same {variant} job cost differently")
+            v_peak = max((r.peak_bytes for r in v_runs if r.peak_bytes is not None), default=None)
+            entries.append((variant, v.calls, v.samples, v.text_calls, median([r.seconds / n for r in v_runs]),
+                            min(r.seconds / n for r in v_runs), v_peak))
+            for key, got in ((f"{variant}_calls", v.calls), (f"{variant}_samples", v.samples),
+                             (f"{variant}_text_calls", v.text_calls)):
+                if got != expected[key]:
+                    raise RuntimeError(f"N={n}: {key} measured {got}, the formula says {expected[key]}")
         for name, calls, samples, text_calls, seconds, fastest, peak in entries:
             ratio = p_seconds / seconds
             sample_ratio = (n * p_samples) / samples
@@ -333,6 +371,8 @@ def describe(s: Settings, pipe) -> str:
         f"# published: per frame VAE encode + inversion ({inv}) + T steps of [source, frame] x CFG (4 samples)",
         "# ours: invert once (T x 1 sample) + source branch once (T-S CFG pairs) + frames in batches (N x T CFG pairs)",
         "# floor: N x T CFG pairs = the frames phase of ours, timed in the same runs",
+        f"# renoise: ours with frame_start=renoise, strength={RENOISE_STRENGTH} (frames run T - round({1 - RENOISE_STRENGTH:.1f} T)"
+        " steps); anchor: ours with cross_frame=anchor (frame 0 rendered first, T CFG pairs)",
         "# s/frame: median over repeats, (min): fastest repeat"
         " (the published schedule's repeats are its frames, each an independent render)\n"
         "# published/this: time ratio per frame of the medians (UNet-sample ratio); peak MiB: working memory above what"

@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is not an installed package; it lives at the root
     sys.path.insert(0, str(ROOT))
-ROW = re.compile(r"^\s*(\d+)\s+(published|ours|floor)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(\d+|-)\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)x")
+ROW = re.compile(r"^\s*(\d+)\s+(published|ours|floor|renoise|anchor)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(\d+|-)\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)x")
 
 
 def _run(module: str, *args: str, cache: Path) -> str:
@@ -44,13 +44,20 @@ def test_frames_quick_prints_exact_counts(cache):
     out = _run("benchmarks.frames", "--quick", cache=cache)
     T, S, B = 3, 1, 2  # --quick: 3 steps, start step 1, batches of 2 frames
     rows = _rows(out)
-    assert sorted(rows) == [(n, s) for n in (1, 3) for s in ("floor", "ours", "published")]
+    assert sorted(rows) == [(n, s) for n in (1, 3) for s in ("anchor", "floor", "ours", "published", "renoise")]
+    k = round((1 - 0.6) * T)  # renoise at strength 0.6 skips the first k = 1 steps
     for n in (1, 3):
         # published: per frame T inversion calls of a CFG pair (as the published code) + T calls of 4 samples
         assert rows[(n, "published")] == (n * 2 * T, n * (2 * T + 4 * T), str(n * 4))
         # ours: T inversion samples once, T-S source CFG pairs once, N*T frame CFG pairs in ceil(N/B) batches
         assert rows[(n, "ours")] == (T + (T - S) + math.ceil(n / B) * T, T + 2 * (T - S) + 2 * n * T, str(n + 2))
         assert rows[(n, "floor")] == (math.ceil(n / B) * T, 2 * n * T, "-")
+        # renoise: inversion and source branch as ours, frames only T - k steps
+        assert rows[(n, "renoise")] == (T + (T - S) + math.ceil(n / B) * (T - k),
+                                        T + 2 * (T - S) + 2 * n * (T - k), str(n + 2))
+        # anchor: frame 0 alone first (T CFG pairs), the other N - 1 frames in batches
+        assert rows[(n, "anchor")] == (T + (T - S) + T + math.ceil((n - 1) / B) * T,
+                                       T + 2 * (T - S) + 2 * n * T, str(n + 2))
     assert "published/this" in out and "N=3: published/ours per frame" in out
     difference = float(re.search(r"max \|ours - published\| over the latents of 3 frame\(s\): (\S+)", out).group(1))
     assert difference < 1e-3  # the same frames, computed two ways
@@ -69,6 +76,9 @@ def test_frames_single_sample_inversion_and_batch_of_one(cache, capsys):
     assert (rows["ours"]["unet_calls"], rows["ours"]["unet_samples"]) == (T + (T - S) + 2 * T, T + 2 * (T - S) + 4 * T)
     assert (rows["floor"]["unet_calls"], rows["floor"]["unet_samples"]) == (2 * T, 4 * T)
     assert rows["ours"]["sample_ratio"] == pytest.approx(30 / 19)  # published 2 x 15 samples, ours 3 + 4 + 12
+    # renoise (k = 1): frames 2 x 2 CFG pairs; anchor: frame 0 alone (3 pairs), then frame 1 (3 pairs)
+    assert (rows["renoise"]["unet_calls"], rows["renoise"]["unet_samples"]) == (3 + 2 + 2 * 2, 3 + 4 + 2 * 2 * 2)
+    assert (rows["anchor"]["unet_calls"], rows["anchor"]["unet_samples"]) == (3 + 2 + 3 + 3, 3 + 4 + 2 * 2 * 3)
     printed = _rows(capsys.readouterr().out)
     assert printed[(2, "ours")] == (rows["ours"]["unet_calls"], rows["ours"]["unet_samples"], "4")
 
