@@ -108,7 +108,7 @@ class _FramePlan:
     poses: list[torch.Tensor | None]  # (3, H, W) pose pixels, None without a pose or at scale 0
     scales: list[float]  # ControlNet scale per frame (0 without a pose)
     digests: list[str]  # content of each frame's request, for the anchor's identity
-    masks: "_MaskPlan | None"
+    masks: "SequenceEngine._MaskPlan | None"
 
 
 def _initial_noise(seed: int, shape) -> torch.Tensor:
