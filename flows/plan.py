@@ -251,6 +251,10 @@ def apply_overrides(job: AnimationJob, frames: list[FramePlan]) -> list[FramePla
 
 def check_settings_against_frames(job: AnimationJob, count: int) -> None:
     s = job.settings
+    seeded = [k for k, o in enumerate(job.frames.overrides) if o.seed is not None]
+    if seeded and s.frame_start != "noise":
+        raise JobInputError(f"frames.overrides[{seeded[0]}].seed",
+                            "a frame's own seed only applies with settings.frame_start: noise; set it, or remove the seed")
     if s.cross_frame == "anchor" and s.anchor_frame >= count:
         raise JobInputError("settings.anchor_frame",
                             f"frame {s.anchor_frame} does not exist; the job has {count} frames (0-{count - 1})")

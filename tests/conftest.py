@@ -74,3 +74,14 @@ def tiny_family_pipe(tiny_pipe, tiny_family_checkpoint):
 def family_pipe(request, tiny_family_pipe):
     """Runs a test on the tiny SD 1.5 and the tiny SDXL pipeline."""
     return tiny_family_pipe(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _masactrl_environment_restored():
+    """Commands under test (serve, media) set MASACTRL_* variables for the runs they start; put them
+    back after every test so that one test's server settings never leak into the next."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MASACTRL_")}
+    yield
+    for name in [k for k in os.environ if k.startswith("MASACTRL_") and k not in before]:
+        del os.environ[name]
+    os.environ.update(before)

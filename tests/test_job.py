@@ -360,15 +360,19 @@ def test_settings_checked_against_the_frames(image, tmp_path):
         plan_job(AnimationJob.model_validate(base(image, tmp_path, **{"frames.overrides": [{"index": 5, "seed": 3}]})),
                  write=False)
     assert info.value.field == "frames.overrides[0].index"
+    with pytest.raises(JobInputError) as info:  # a seed without shared noise would be ignored: refuse it
+        plan_job(AnimationJob.model_validate(base(image, tmp_path, **{"frames.overrides": [{"index": 1, "seed": 3}]})),
+                 write=False)
+    assert info.value.field == "frames.overrides[0].seed" and "frame_start: noise" in str(info.value)
     plan = plan_job(AnimationJob.model_validate(base(image, tmp_path, **{
-        "settings.cross_frame": "anchor", "settings.anchor_frame": 1,
+        "settings.cross_frame": "anchor", "settings.anchor_frame": 1, "settings.frame_start": "noise",
         "frames.overrides": [{"index": 1, "seed": 3, "controlnet_scale": 0.5, "prompt": "a cat sitting"}]})),
         write=False)
     assert plan.frames[1].seed == 3 and plan.frames[1].controlnet_scale == 0.5 and plan.frames[1].prompt == "a cat sitting"
     assert plan.frames[0].seed is None and plan.anchor == plan.frames[1]
     assert all(c.anchor == plan.frames[1] for c in plan.chunks(1, 1, "inv"))
     other = plan_job(AnimationJob.model_validate(base(image, tmp_path, **{
-        "settings.cross_frame": "anchor", "settings.anchor_frame": 1,
+        "settings.cross_frame": "anchor", "settings.anchor_frame": 1, "settings.frame_start": "noise",
         "frames.overrides": [{"index": 1, "seed": 4, "controlnet_scale": 0.5, "prompt": "a cat sitting"}]})),
         write=False)
     assert other.job_hash != plan.job_hash  # a frame's own seed is part of what it renders

@@ -129,8 +129,10 @@ def test_local_cli_run_without_roots_keeps_its_freedom(tmp_path, monkeypatch, ca
 def test_serve_sets_the_roots_for_its_runs(tmp_path, monkeypatch, capsys):
     import importlib
 
-    monkeypatch.delenv("MASACTRL_INPUT_ROOTS", raising=False)
-    monkeypatch.delenv("MASACTRL_OUTPUT_ROOT", raising=False)
+    for name in ("MASACTRL_INPUT_ROOTS", "MASACTRL_OUTPUT_ROOT"):
+        # setenv first, so that the test's end restores the variable to its state before (serve sets it)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     parser = build_parser()
     serve_help = parser._subparsers._group_actions[0].choices["serve"].format_help()
     assert "--input-root" in serve_help and "--output-root" in serve_help
