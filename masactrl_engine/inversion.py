@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,19 +19,18 @@ META_FILE = "inversion.json"
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    # A fresh name created with mode 0666 minus the umask, like any ordinary file, so a worker on
+    # another account (or a web server) can read the inversion (mkstemp would make it 0600).
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = tmp.stat().st_mode & 0o777
     try:
-        write(tmp)
-        # mkstemp (and safetensors' writer) leave the file 0600; the finished file follows the umask
-        # like any other, so that a worker on another account (or a web server) can read it too.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        write(str(tmp))
+        os.chmod(tmp, mode)  # safetensors' writer replaces the file with a 0600 one
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 @dataclass(frozen=True)
