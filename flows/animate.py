@@ -26,7 +26,7 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from . import frames_io, progress, rendering, runlogs
+from . import frames_io, progress, rendering, runlogs, stale_files
 from .artifacts import artifact_key, progress_description, progress_percent, publish_outputs
 from .job import AnimationJob, describe_validation_error
 from .models import TINY_NOTE, is_tiny
@@ -190,6 +190,7 @@ def animate(job: AnimationJob) -> AnimationResult:
         # GPU slot now rather than when its lease expires (flows/ghost_runs.py).
         from .ghost_runs import clean_up_ghost, running
 
+        stale_files.remove_abandoned_temp_files(plan.job_dir)  # an encoder killed mid-MP4, a half-written frame
         me = flow_run_id()
         clean_up_ghost(plan.job_dir, me, logger)
         with running(plan.job_dir, me):

@@ -64,3 +64,38 @@ def remove_stale_temp_files(job_dir: str | os.PathLike, started: float | None = 
         log.warning("Removed %d temporary file(s) left by an interrupted run in %s: %s", len(removed), job_dir,
                     ", ".join(str(p.relative_to(job_dir)) for p in removed))
     return removed
+
+
+# Written by plan_job before the job lock is taken (a concurrent run may be writing them now).
+_WRITTEN_OUTSIDE_THE_LOCK = (frames_io.JOB_FILE.rsplit(".", 1)[0],)
+
+
+def remove_abandoned_temp_files(job_dir: str | os.PathLike) -> list[Path]:
+    """Under the job's lock: the temp files of frames and outputs, whatever their age.
+
+    While a run holds the job lock no other run of the job renders or stitches, so such a file
+    belongs to a killed run: nobody will rename it (an encoder orphaned by ``kill -9`` may still be
+    writing into it; it then writes into an unlinked file). Files that ``plan_job`` writes before
+    the lock (job.json, poses/) keep the grace of :func:`remove_stale_temp_files`.
+    """
+    removed: list[Path] = []
+    for sub in ("", frames_io.FRAMES_DIR):
+        folder = Path(job_dir) / sub
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            match = TEMP_NAME.match(entry.name)
+            if match is None or match.group("stem") in _WRITTEN_OUTSIDE_THE_LOCK:
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except FileNotFoundError:
+                continue
+    if removed:
+        log.warning("Removed %d temporary file(s) left by an interrupted run in %s: %s", len(removed), job_dir,
+                    ", ".join(str(p.relative_to(job_dir)) for p in removed))
+    return removed

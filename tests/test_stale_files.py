@@ -119,3 +119,15 @@ def test_next_run_of_the_job_removes_the_killed_encoders_temp_file(tmp_path):
     assert not temp.exists()
     assert Path(result.mp4).is_file()
     assert not list(job_dir.rglob("*.tmp*"))
+
+
+def test_under_the_job_lock_every_output_temp_file_is_abandoned(tmp_path):
+    from flows.stale_files import remove_abandoned_temp_files
+
+    (tmp_path / "frames").mkdir()
+    fresh = [tmp_path / ".animation.4c94000990f7.tmp.mp4", tmp_path / "frames" / ".frame_0001.abcdef123456.tmp.png"]
+    kept = [tmp_path / ".job.abcdef123456.tmp.json", tmp_path / "animation.mp4"]  # plan_job's, and a real file
+    for path in fresh + kept:
+        path.write_bytes(b"x")  # written just now: the age grace does not apply here
+    assert sorted(remove_abandoned_temp_files(tmp_path)) == sorted(fresh)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in fresh)
