@@ -85,3 +85,14 @@ def _masactrl_environment_restored():
     for name in [k for k in os.environ if k.startswith("MASACTRL_") and k not in before]:
         del os.environ[name]
     os.environ.update(before)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Benchmarks run in-process with --threads 1; the thread count changes float reduction order,
+    so a test must not inherit another test's count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

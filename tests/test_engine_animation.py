@@ -199,7 +199,9 @@ def test_synthesis_is_masactrls_published_synthesis_without_inversion(tiny_pipe)
     reference = PublishedSchedule(tiny_pipe, T, 7.5, S, 10, source_correction=False)
     for i, frame in enumerate(frames):
         source, want = reference.synthesis(start_code, prompt, frame)
-        torch.testing.assert_close(inv.trajectory[0], source, atol=1e-5, rtol=1e-5)
+        # the same tolerance as the frames and the other faithfulness tests: batch composition and thread
+        # count change the order of float sums
+        torch.testing.assert_close(inv.trajectory[0], source, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
     # The decoded source comes along, and it is what generate draws for the same prompt and seed.
     assert inv.image.size == (64, 64)

@@ -171,6 +171,17 @@ def _statuses(driver, seen: dict) -> dict:
     return seen
 
 
+def _post_when_available(url: str, body: dict, attempts: int = 10) -> httpx.Response:
+    """POST, waiting out 503s: the SQLite-backed server answers 503 while its database is busy
+    (the serve process registering deployments on a loaded 2-core machine)."""
+    for _ in range(attempts):
+        response = httpx.post(url, json=body, timeout=30)
+        if response.status_code != 503:
+            return response
+        time.sleep(2)
+    return response
+
+
 def test_real_jobs_in_the_prefect_ui(tmp_path, tiny_checkpoint):
     chrome, chromedriver = _browser()
     from selenium import webdriver
@@ -216,8 +227,8 @@ def test_real_jobs_in_the_prefect_ui(tmp_path, tiny_checkpoint):
         # B.2: an invalid job created from the deployment, as the UI's run form does
         form_job = {"name": "no-source", "source": {"image": None, "prompt": ""}, "frames": {"prompts": ["a cat"]},
                     "model": {"model": "tiny"}, "output": {"folder": str(out_root / "invalid")}}
-        created = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
-                             json={"parameters": {"job": form_job}}, timeout=10)
+        created = _post_when_available(f"{api}/deployments/{dep['id']}/create_flow_run",
+                                       {"parameters": {"job": form_job}})
         assert created.status_code == 201, created.text  # the schema accepts it: the rule is cross-field
         invalid_id = created.json()["id"]
         state = _wait(lambda: _state(api, invalid_id).get("type") in FINAL and _state(api, invalid_id), 180,
