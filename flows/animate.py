@@ -145,6 +145,28 @@ def mark_progress_cancelled(flow, flow_run, state) -> None:
 runlogs.install()  # no engine traceback in the log of a run that returned Failed (B.2)
 
 
+def checked_job(job, logger):
+    """The job validated on the worker, or a Failed state whose message says what is wrong (shown
+    on the run page instead of a traceback): the model's rules, then what only the worker can check
+    (input/output roots, its devices and scheduler, the text encoder's token limit)."""
+    from .inputs import run_problems
+    from .prompt_limits import check_prompts
+
+    try:
+        job = AnimationJob.model_validate(job.model_dump() if isinstance(job, AnimationJob) else job)
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)
+    else:
+        problems = [f"{field}: {text}" for field, text in run_problems(job)]
+    if problems:
+        message = "Invalid job: " + "; ".join(problems)
+        logger.error(message)
+        return Failed(message=message)
+    for field, text in check_prompts(job).warnings:
+        logger.warning("%s: %s", field, text)
+    return job
+
+
 # validate_parameters=False: the job is validated first thing in the body instead, so that an
 # invalid job from the UI form fails the run with the validation message as its state message
 # rather than a traceback.
@@ -155,21 +177,9 @@ def animate(job: AnimationJob) -> AnimationResult:
     logger = get_run_logger()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    try:
-        job = AnimationJob.model_validate(job.model_dump() if isinstance(job, AnimationJob) else job)
-    except ValidationError as exc:
-        message = "Invalid job: " + "; ".join(describe_validation_error(exc))
-        logger.error(message)
-        return Failed(message=message)
-    from .inputs import run_problems  # C.4/C.5 on the worker: roots, its environment, the token limit
-    from .prompt_limits import check_prompts
-
-    if refused := run_problems(job):
-        message = "Invalid job: " + "; ".join(f"{field}: {text}" for field, text in refused)
-        logger.error(message)
-        return Failed(message=message)
-    for field, text in check_prompts(job).warnings:
-        logger.warning("%s: %s", field, text)
+    job = checked_job(job, logger)
+    if not isinstance(job, AnimationJob):
+        return job  # a Failed state with the validation message
     notes = [TINY_NOTE.format(name=job.model.model)] if is_tiny(job.model) else []
     if job.sweep is not None:
         # One job file serves both commands: a run renders the job's own settings (e.g. with the

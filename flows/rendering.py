@@ -19,6 +19,8 @@ from typing import Callable, Iterator, Optional
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from pose_sources.load import centre_crop
+
 from . import frame_manifest, frames_io, worker_cache
 from .inputs import to_rgb8
 from .plan import ChunkRequest, FramePlan, InversionRequest, control_config
@@ -73,17 +75,8 @@ def fit_source(image: Image.Image, width: int, height: int, fit: str = "crop") -
         return image
     if fit != "crop":
         raise ValueError(f"source.fit: {fit!r} is not 'crop' or 'stretch'")
-    w, h = image.size
-    target = width / height
-    if abs(w / h - target) < 1e-6:
-        return image
-    if w / h > target:  # too wide: cut the sides
-        new_w = max(1, round(h * target))
-        left = (w - new_w) // 2
-        return image.crop((left, 0, left + new_w, h))
-    new_h = max(1, round(w / target))
-    top = (h - new_h) // 2
-    return image.crop((0, top, w, top + new_h))
+    # The same crop pose_sources uses to find the subject for `retarget: source`.
+    return centre_crop(image, (width, height))
 
 
 @contextlib.contextmanager

@@ -39,11 +39,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from . import frames_io, rendering
-from .animate import render_frames, task_runner_for
-from .job import AnimationJob, JobInputError, describe_validation_error
+from .animate import checked_job, render_frames, task_runner_for
+from .job import AnimationJob, JobInputError
 from .plan import ChunkRequest, JobPlan, plan_job
 from .sweep import (
     SweepCell,
@@ -270,21 +270,9 @@ def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
     logger = get_run_logger()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    try:
-        job = AnimationJob.model_validate(job.model_dump() if isinstance(job, AnimationJob) else job)
-    except ValidationError as exc:
-        message = "Invalid job: " + "; ".join(describe_validation_error(exc))
-        logger.error(message)
-        return Failed(message=message)
-    from .inputs import run_problems  # C.4/C.5 on the worker: roots, its environment, the token limit
-    from .prompt_limits import check_prompts
-
-    if refused := run_problems(job):
-        message = "Invalid job: " + "; ".join(f"{field}: {text}" for field, text in refused)
-        logger.error(message)
-        return Failed(message=message)
-    for field, text in check_prompts(job).warnings:
-        logger.warning("%s: %s", field, text)
+    job = checked_job(job, logger)
+    if not isinstance(job, AnimationJob):
+        return job  # a Failed state with the validation message
     try:
         sp = prepare_sweep(job, grid, frames, write=True)
     except SweepError as exc:
