@@ -43,27 +43,7 @@ def remove_stale_temp_files(job_dir: str | os.PathLike, started: float | None = 
     logs one line when anything was.
     """
     started = time.time() if started is None else started
-    removed: list[Path] = []
-    for sub in SUBFOLDERS:
-        folder = Path(job_dir) / sub
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for entry in entries:
-            if not is_temp_name(entry.name):
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= started - grace:
-                    continue
-                os.unlink(entry.path)
-            except FileNotFoundError:  # its writer renamed or removed it meanwhile
-                continue
-            removed.append(Path(entry.path))
-    if removed:
-        log.warning("Removed %d temporary file(s) left by an interrupted run in %s: %s", len(removed), job_dir,
-                    ", ".join(str(p.relative_to(job_dir)) for p in removed))
-    return removed
+    return _remove(job_dir, SUBFOLDERS, lambda entry, match: entry.stat(follow_symlinks=False).st_mtime < started - grace)
 
 
 # Written by plan_job before the job lock is taken (a concurrent run may be writing them now).
@@ -78,8 +58,15 @@ def remove_abandoned_temp_files(job_dir: str | os.PathLike) -> list[Path]:
     writing into it; it then writes into an unlinked file). Files that ``plan_job`` writes before
     the lock (job.json, poses/) keep the grace of :func:`remove_stale_temp_files`.
     """
+    return _remove(job_dir, ("", frames_io.FRAMES_DIR),
+                   lambda entry, match: match.group("stem") not in _WRITTEN_OUTSIDE_THE_LOCK)
+
+
+def _remove(job_dir, subfolders, abandoned) -> list[Path]:
+    """Remove the temp files in ``subfolders`` of ``job_dir`` for which ``abandoned(entry, match)``;
+    log one line when anything was removed."""
     removed: list[Path] = []
-    for sub in ("", frames_io.FRAMES_DIR):
+    for sub in subfolders:
         folder = Path(job_dir) / sub
         try:
             entries = list(os.scandir(folder))
@@ -87,14 +74,13 @@ def remove_abandoned_temp_files(job_dir: str | os.PathLike) -> list[Path]:
             continue
         for entry in entries:
             match = TEMP_NAME.match(entry.name)
-            if match is None or match.group("stem") in _WRITTEN_OUTSIDE_THE_LOCK:
-                continue
             try:
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
-            except FileNotFoundError:
+                if match is None or not entry.is_file(follow_symlinks=False) or not abandoned(entry, match):
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
                 continue
+            removed.append(Path(entry.path))
     if removed:
         log.warning("Removed %d temporary file(s) left by an interrupted run in %s: %s", len(removed), job_dir,
                     ", ".join(str(p.relative_to(job_dir)) for p in removed))
