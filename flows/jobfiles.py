@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 import yaml
 from pydantic import ValidationError
 
-from .job import AnimationJob
+from .job import POSE_FIELDS, AnimationJob
 
 JOB_SUFFIXES = (".yaml", ".yml", ".json")
 # Fields of each pose spec kind (pose_sources.spec) that hold input paths.
@@ -118,12 +118,17 @@ def resolve_input_paths(data: dict, base: Path) -> dict:
         for key in ("model", "controlnet"):
             if model.get(key):
                 model[key] = _join_if_exists(base, model[key])
-    frames = data.get("frames")
-    poses = frames.get("poses") if isinstance(frames, dict) else None
-    if isinstance(poses, dict):
-        for key in POSE_PATH_FIELDS.get(poses.get("kind", "openpose_json"), ()):
-            if key in poses:
-                poses[key] = _join(base, poses[key])
+        for lora in model.get("loras") or ():
+            if isinstance(lora, dict) and lora.get("path"):
+                lora["path"] = _join_if_exists(base, lora["path"])
+    frames = data.get("frames") if isinstance(data.get("frames"), dict) else {}
+    # frames.poses, or one of the form's per-kind fields (frames.pose_json, ...), whose kind is implied
+    for field, implied_kind in (("poses", None), *POSE_FIELDS.items()):
+        poses = frames.get(field)
+        if isinstance(poses, dict):
+            for key in POSE_PATH_FIELDS.get(poses.get("kind", implied_kind or "openpose_json"), ()):
+                if key in poses:
+                    poses[key] = _join(base, poses[key])
     return data
 
 

@@ -198,6 +198,16 @@ def test_job_file_paths_are_relative_to_the_file_and_output_to_the_cwd(tmp_path,
     assert job.output.folder == tmp_path / "results"
     inbox_style = load_job(jobs / "job.yaml", output_base=jobs)
     assert inbox_style.output.folder == jobs / "results"
+    # the form's per-kind pose field and a LoRA file resolve against the job file too
+    (jobs / "style.safetensors").write_bytes(b"not read at validation")
+    write_yaml(jobs / "form.yaml", {
+        "source": {"image": "cat.png", "prompt": "a photo of a cat"},
+        "frames": {"prompts": "a cat walking", "pose_json": {"path": "poses"}},
+        "model": {"model": "tiny", "controlnet": "tiny", "loras": [{"path": "style.safetensors", "scale": 0.5}]},
+    })
+    form = load_job(jobs / "form.yaml")
+    assert form.frames.poses.path == str(jobs / "poses") and form.frames.pose_json is None
+    assert form.model.loras[0].path == str(jobs / "style.safetensors")
 
 
 def test_set_overrides(image, tmp_path, monkeypatch):
