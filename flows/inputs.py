@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from PIL import Image
+
+from pose_sources.images import to_rgb8
 
 MAX_FRAME_SIDE = 2048
 # The largest frame is 2048x2048; a source may be bigger (it is cropped and resized), but a picture
@@ -43,27 +44,6 @@ def path_length_problem(path: str | os.PathLike) -> Optional[str]:
     if longest > name_max:
         return f"a file or folder name in the path is {longest} bytes long; the system allows {name_max}"
     return None
-
-
-def to_rgb8(img: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of ``img``, scaling high-bit-depth pixels instead of clipping them.
-
-    Pillow's ``convert("RGB")`` clips 16-bit greyscale ("I;16", "I") at 255, so a 16-bit picture
-    comes out almost all white; scale 0..65535 to 0..255 instead. 32-bit integer pictures that use
-    more than 16 bits are scaled by their maximum; float pictures ("F") in 0..1 are scaled by 255.
-    """
-    mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(arr.max())
-        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 255.0 if np.nanmax(arr, initial=0) <= 1.0 else 1.0
-        grey = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    return img.convert("RGB")
 
 
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:

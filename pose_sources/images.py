@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import PoseSourceError
@@ -46,12 +47,33 @@ def list_pose_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``img``, scaling high-bit-depth pixels instead of clipping them.
+
+    Pillow's ``convert("RGB")`` clips 16-bit greyscale ("I;16", "I") at 255, so a 16-bit picture
+    comes out almost all white; scale 0..65535 to 0..255 instead. 32-bit integer pictures that use
+    more than 16 bits are scaled by their maximum; float pictures ("F") in 0..1 are scaled by 255.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(arr.max())
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0) <= 1.0 else 1.0
+        grey = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return img.convert("RGB")
+
+
 def open_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return to_rgb8(source)
     try:
         with Image.open(source) as img:
-            return img.convert("RGB")
+            return to_rgb8(img)
     except FileNotFoundError:
         raise PoseSourceError(f"{source}: pose image not found") from None
     except (UnidentifiedImageError, OSError) as exc:

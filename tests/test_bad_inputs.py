@@ -214,6 +214,10 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
     expected = np.rint(ramp / 257.0)
     assert np.abs(rgb[..., 0].astype(int) - expected).max() <= 1
     assert (rgb == 255).mean() < 0.01
+    # pose map images go through the same conversion (pose_sources.images.open_rgb)
+    from pose_sources.images import open_rgb
+
+    assert np.array_equal(np.asarray(open_rgb(path)), rgb)
 
 
 def test_good_job_still_validates(workdir, tmp_path, capsys):
