@@ -22,7 +22,6 @@ ControlNet a face shape the picture does not have.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from typing import TYPE_CHECKING
@@ -130,9 +129,6 @@ class MediaPipeDetector:
             # 2 (heavy) is not in the wheel: mediapipe would try to download it.
             raise PoseSourceError(f"model_complexity must be 0 (lite) or 1 (full, bundled), got {model_complexity}")
         self.hands, self.min_visibility = hands, min_visibility
-        # mediapipe's C++ side logs INFO/WARNING lines (TFLite delegates, "feedback manager") to stderr
-        # through glog; a user running `validate` should see our messages, not those.
-        os.environ.setdefault("GLOG_minloglevel", "2")
         try:
             with warnings.catch_warnings():  # protobuf deprecation noise from mediapipe's own code
                 warnings.simplefilter("ignore", UserWarning)
