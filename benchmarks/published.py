@@ -134,22 +134,7 @@ class PublishedSchedule:
     @torch.no_grad()
     def sample(self, trajectory: list[torch.Tensor], source_prompt: str, frame_prompt: str) -> torch.Tensor:
         """The ``[source, frame]`` pair under CFG with mutual self-attention; the frame's latent."""
-        text = self.encode_text([source_prompt, frame_prompt])
-        text = torch.cat([self.encode_text(["", ""]), text])
-        z = torch.cat([trajectory[-1], trajectory[-1]])
-        original = self.unet.attn_processors
-        self.unet.set_attn_processor(PublishedAttention(self.start_step, self.start_layer, len(original)))
-        try:
-            for i, t in enumerate(self.timesteps):
-                if self.source_correction:
-                    z = torch.cat([trajectory[-1 - i], z[1:]])
-                eps = self.unet(torch.cat([z, z]), t, encoder_hidden_states=text).sample
-                uncond, cond = eps.chunk(2)
-                eps = uncond + self.guidance_scale * (cond - uncond)
-                z = self._move(z, eps, self._alpha(t), self._alpha(t - self.ratio))
-        finally:
-            self.unet.set_attn_processor(original)
-        return z[1]
+        return self._pair(trajectory[-1], source_prompt, frame_prompt, trajectory)[1]
 
     @torch.no_grad()
     def synthesis(self, start_code: torch.Tensor, source_prompt: str, frame_prompt: str):
@@ -158,20 +143,29 @@ class PublishedSchedule:
         the same noise ``start_code`` (1, C, h, w) and is denoised under CFG with mutual
         self-attention, the source row being an ordinary generation (it attends to itself).
         Returns the final (source latent, frame latent)."""
+        z = self._pair(start_code, source_prompt, frame_prompt)
+        return z[0], z[1]
+
+    def _pair(self, z_T: torch.Tensor, source_prompt: str, frame_prompt: str, trajectory=None) -> torch.Tensor:
+        """Denoise the batch ``[source, frame]`` from ``z_T`` under CFG with mutual self-attention.
+        With source correction and an inversion ``trajectory``, the source row is replaced by the
+        inversion latent of each step before the UNet sees it."""
         text = self.encode_text([source_prompt, frame_prompt])
         text = torch.cat([self.encode_text(["", ""]), text])
-        z = torch.cat([start_code, start_code])
+        z = torch.cat([z_T, z_T])
         original = self.unet.attn_processors
         self.unet.set_attn_processor(PublishedAttention(self.start_step, self.start_layer, len(original)))
         try:
-            for t in self.timesteps:
+            for i, t in enumerate(self.timesteps):
+                if self.source_correction and trajectory is not None:
+                    z = torch.cat([trajectory[-1 - i], z[1:]])
                 eps = self.unet(torch.cat([z, z]), t, encoder_hidden_states=text).sample
                 uncond, cond = eps.chunk(2)
                 eps = uncond + self.guidance_scale * (cond - uncond)
                 z = self._move(z, eps, self._alpha(t), self._alpha(t - self.ratio))
         finally:
             self.unet.set_attn_processor(original)
-        return z[0], z[1]
+        return z
 
     def frame(self, image, source_prompt: str, frame_prompt: str) -> torch.Tensor:
         """One frame of the published schedule: invert the source, then sample the pair."""

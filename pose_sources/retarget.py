@@ -98,6 +98,18 @@ def measure_overflow(sequence: PoseSequence) -> Overflow:
     return Overflow(*(float(v) for v in worst), frame=worst_frame, canvas=(w, h))
 
 
+def _check_people(sequence: PoseSequence, reference: Pose, person: int, reference_person: int) -> Pose:
+    """The sequence's first frame, once both people to retarget are known to exist."""
+    if not len(sequence):
+        raise PoseSourceError("cannot retarget an empty pose sequence")
+    first = sequence[0]
+    if person >= len(first.people):
+        raise PoseSourceError(f"the first frame has {len(first.people)} people, no person {person} to retarget")
+    if reference_person >= len(reference.people):
+        raise PoseSourceError(f"the reference pose has {len(reference.people)} people, no person {reference_person}")
+    return first
+
+
 def retarget(
     sequence: PoseSequence,
     reference: Pose,
@@ -120,13 +132,7 @@ def retarget(
     it logs that as a warning instead. Either way `metadata["retarget"]` records the
     scale, offset and overflow in pixels.
     """
-    if not len(sequence):
-        raise PoseSourceError("cannot retarget an empty pose sequence")
-    first = sequence[0]
-    if person >= len(first.people):
-        raise PoseSourceError(f"the first frame has {len(first.people)} people, no person {person} to retarget")
-    if reference_person >= len(reference.people):
-        raise PoseSourceError(f"the reference pose has {len(reference.people)} people, no person {reference_person}")
+    first = _check_people(sequence, reference, person, reference_person)
 
     src_anchor, src_size = _anchor_and_size(first.people[person], size_by, "the first frame's person")
     ref_anchor, ref_size = _anchor_and_size(reference.people[reference_person], size_by, "the reference person")
@@ -203,13 +209,7 @@ def retarget_to_subject(
     Points may end outside the canvas (a full-body motion on a half-body photo): they are not
     drawn; the overflow is logged and recorded in `metadata["retarget"]`.
     """
-    if not len(sequence):
-        raise PoseSourceError("cannot retarget an empty pose sequence")
-    first = sequence[0]
-    if person >= len(first.people):
-        raise PoseSourceError(f"the first frame has {len(first.people)} people, no person {person} to retarget")
-    if reference_person >= len(reference.people):
-        raise PoseSourceError(f"the reference pose has {len(reference.people)} people, no person {reference_person}")
+    first = _check_people(sequence, reference, person, reference_person)
     src, ref = first.people[person].body, reference.people[reference_person].body
 
     def seen(body: np.ndarray, *points: int) -> bool:
