@@ -30,11 +30,6 @@ GRACE_SECONDS = 5.0
 SUBFOLDERS = ("", frames_io.FRAMES_DIR, frames_io.POSES_DIR)
 
 
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is a temporary file name of ``frames_io.atomic_write``."""
-    return TEMP_NAME.match(name) is not None
-
-
 def remove_stale_temp_files(job_dir: str | os.PathLike, started: float | None = None,
                             grace: float = GRACE_SECONDS) -> list[Path]:
     """Remove atomic-write temporary files in ``job_dir`` last modified before ``started - grace``.
