@@ -26,7 +26,7 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from . import frames_io, progress, rendering, runlogs, stale_files
+from . import frames_io, progress, runlogs, stale_files
 from .artifacts import artifact_key, progress_description, progress_percent, publish_outputs
 from .job import AnimationJob, describe_validation_error
 from .models import TINY_NOTE, is_tiny
@@ -195,7 +195,7 @@ def animate(job: AnimationJob) -> AnimationResult:
         0.0, key=artifact_key("progress", plan.job_hash, job.name),
         description=progress_description(0, len(plan.frames), plan.job_hash, job.name))
 
-    with rendering.folder_lock(Path(plan.job_dir)):  # an identical run waits, then reuses these frames
+    with frames_io.folder_lock(Path(plan.job_dir)):  # an identical run waits, then reuses these frames
         # A run of this job killed hard (kill -9) left running.json: crash it in the API and free its
         # GPU slot now rather than when its lease expires (flows/ghost_runs.py).
         from .ghost_runs import clean_up_ghost, running

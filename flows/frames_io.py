@@ -15,10 +15,12 @@ Every file is written to a temporary name in the same folder and moved into plac
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,17 @@ def read_poses_index(job_dir: str | os.PathLike) -> list[Path] | None:
     if len(paths) != doc.get("count") or not all(is_complete_png(p) for p in paths):
         return None
     return paths
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` across processes (a shared filesystem's advisory locks): two
+    jobs on one source invert it once, two identical runs render once, parallel workers write the
+    tiny checkpoint once. The second waits, then finds the work on disk."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

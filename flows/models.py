@@ -6,11 +6,11 @@ machine, from a fixed seed, and its frames are noise by design.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 from typing import Optional
 
+from .frames_io import folder_lock
 from .job import TINY, TINY_MODELS, ModelSpec
 
 TINY_SEED = 0
@@ -36,13 +36,8 @@ def ensure_tiny_checkpoint(name: str = TINY) -> Path:
     from masactrl_engine.tiny import make_tiny_checkpoint
 
     path = tiny_checkpoint_dir(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            return make_tiny_checkpoint(path, seed=TINY_SEED, family=TINY_MODELS[name])
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with folder_lock(path):
+        return make_tiny_checkpoint(path, seed=TINY_SEED, family=TINY_MODELS[name])
 
 
 def resolve_model(name: str) -> str:

@@ -9,12 +9,10 @@ same source only does what is missing.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -79,19 +77,6 @@ def fit_source(image: Image.Image, width: int, height: int, fit: str = "crop") -
     return centre_crop(image, (width, height))
 
 
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` across processes (a shared filesystem's advisory locks), so
-    two jobs on one source at once invert it once: the second waits, then finds it on disk."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def load_inversion(folder: str | Path, device=None, logger: logging.Logger | None = None):
     """The inversion in ``folder``, or None when it is missing, partial or corrupt (said once)."""
     from masactrl_engine import InvertedSource
@@ -114,7 +99,7 @@ def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = 
     logger = logger or log
     folder = Path(request.folder)
     t0 = time.perf_counter()
-    with folder_lock(folder):
+    with frames_io.folder_lock(folder):
         if load_inversion(folder, logger=logger) is not None and (folder / "source.png").is_file():
             logger.info("Inversion %s found on disk; reusing it", folder)
             return InversionResult(path=str(folder), computed=False)

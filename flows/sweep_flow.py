@@ -314,7 +314,7 @@ def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
     reports = []
     with contextlib.ExitStack() as locks:  # an identical job or sweep waits, then reuses these frames
         for folder in sorted(owner):
-            locks.enter_context(rendering.folder_lock(Path(folder)))
+            locks.enter_context(frames_io.folder_lock(Path(folder)))
         try:
             reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id)
         except Exception as exc:  # noqa: BLE001 - the other cells' frames are on disk: show them
