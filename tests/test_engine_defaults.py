@@ -1,16 +1,18 @@
 """Default settings reproduce the frames of the engine as it was before the animation controls
-(issue 10) bit for bit.
+(issue 10), to float noise.
 
 ``tests/data/engine_defaults.safetensors`` holds the latents that ``render(..., output_type="latent")``
 produced for the cases below with the code of commit 5e6ae78 (before frame starts, anchors and
-synthesis existed), on this project's CPU test machine (float32). Regenerate it only on purpose,
-with the code whose frames you want to pin:
+synthesis existed), on one of this project's CPU machines (float32). The "pose" entry was made
+again when the tiny ControlNet learnt to follow poses (tiny checkpoint format 2), by the current
+engine, whose other cases matched the pinned ones to 1e-5. Regenerate entries only on purpose, with
+the code whose frames you want to pin:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python tests/test_engine_defaults.py
+    HF_HUB_OFFLINE=1 .venv/bin/python tests/test_engine_defaults.py [NAME ...]   # default: all
 
-The comparison is ``torch.equal``: any change to the default computation, even a reordering of
-float operations, fails here. A different tiny checkpoint (``masactrl_engine/tiny``) or a
-different CPU kernel library changes the bits too; the failure message says so.
+The comparison is a relative L2 distance per case (``REL_TOLERANCE``). CPUs differ (instruction
+sets, kernel choice, thread count split float sums differently), so bits differ between machines;
+see ``REL_TOLERANCE`` for what was measured on each side of it.
 """
 
 from __future__ import annotations
@@ -79,36 +81,60 @@ def render_cases(pipe) -> dict[str, torch.Tensor]:
     return out
 
 
-# The thread count decides how CPU kernels split their sums, so bit-exactness needs the count the
-# fixture was made with (torch's default on the 2-core machines it was made on).
-FIXTURE_THREADS = 2
+# Float noise, measured against the fixture (made on another machine): at most 1.2e-5 on a machine
+# with AVX-512, with 1 or 2 threads and with oneDNN off (max-abs relative: 1.4e-5). The smallest real
+# change measured, start_layer 10 -> 11 (one self-attention layer fewer under control), moves the
+# cases by 3.5e-3 to 6.7e-3; start_step 1 -> 2 by 2.3e-2 to 5.0e-2. The tolerance sits between the two,
+# more than 10x from each.
+REL_TOLERANCE = 2e-4
+
+
+def relative_distance(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
 
 
 def test_defaults_reproduce_the_frames_of_before_the_animation_controls(tiny_pipe):
     from safetensors.torch import load_file
 
     want = load_file(DATA)
-    torch.set_num_threads(FIXTURE_THREADS)  # the conftest restores the count afterwards
     got = render_cases(tiny_pipe)
     assert sorted(got) == sorted(want)
-    assert torch.equal(got["inversion"], want["inversion"]), (
-        "the inversion itself differs: the tiny checkpoint or the CPU kernels changed, not only the engine; "
-        "regenerate tests/data/engine_defaults.safetensors from the pinned commit on this machine")
+    distance = relative_distance(got["inversion"], want["inversion"])
+    assert distance < REL_TOLERANCE, (
+        f"the inversion itself differs (rel {distance:.2g}): the tiny checkpoint changed, not only the engine; "
+        "regenerate tests/data/engine_defaults.safetensors on purpose (see the docstring)")
     for name in sorted(cases()):
-        assert torch.equal(got[name], want[name]), f"{name}: max |diff| {(got[name] - want[name]).abs().max():.3g}"
+        distance = relative_distance(got[name], want[name])
+        assert distance < REL_TOLERANCE, f"{name}: rel L2 distance {distance:.3g} >= {REL_TOLERANCE}"
+
+
+def test_the_tolerance_catches_the_smallest_real_change(tiny_pipe):
+    """One controlled layer fewer must fail the comparison above, by a wide margin."""
+    from safetensors.torch import load_file
+
+    from masactrl_engine import ControlConfig, SequenceEngine
+
+    want = load_file(DATA)
+    settings, frames, batch_size = cases()["prompts"]
+    engine = SequenceEngine(tiny_pipe, ControlConfig(num_steps=4, start_step=1, start_layer=11, **settings),
+                            progress=False)
+    got = engine.render(engine.invert(_image()), SOURCE_PROMPT, frames, batch_size=batch_size, output_type="latent")
+    assert relative_distance(got, want["prompts"]) > 10 * REL_TOLERANCE
 
 
 if __name__ == "__main__":
     import tempfile
 
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from masactrl_engine import load_pipeline
     from masactrl_engine.tiny import make_tiny_checkpoint
 
     folder = make_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny")
-    torch.set_num_threads(FIXTURE_THREADS)
     tensors = render_cases(load_pipeline(folder, controlnet=folder / "controlnet", device="cpu"))
+    names = sys.argv[1:] or sorted(tensors)
+    kept = load_file(DATA) if DATA.exists() else {}
+    tensors = {name: (tensors[name] if name in names else kept[name]) for name in tensors}
     DATA.parent.mkdir(exist_ok=True)
     save_file(tensors, DATA)
-    print({name: tuple(t.shape) for name, t in tensors.items()}, file=sys.stderr)
+    print(f"rewrote {names}", {name: tuple(t.shape) for name, t in tensors.items()}, file=sys.stderr)

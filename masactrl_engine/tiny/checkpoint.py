@@ -33,7 +33,8 @@ from .tokenizer_files import BOS, EOS, write_tokenizer_files
 PAD_BANG = "!"  # SD 2.x and SDXL's second tokenizer pad with it
 
 MARKER = "tiny_checkpoint.json"
-FORMAT_VERSION = 1
+# 2: the ControlNet responds to where the limbs are (see _tiny_controlnet); older folders are rewritten.
+FORMAT_VERSION = 2
 
 # SD 1.5's scheduler, verbatim in the settings that matter for DDIM.
 SD15_SCHEDULER = dict(
@@ -61,7 +62,7 @@ FAMILIES = ("sd15", "sd2", "sdxl", "sdxl-turbo")
 
 
 def _models(vocab_size: int, bos_id: int, eos_id: int, seed: int):
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -102,16 +103,8 @@ def _models(vocab_size: int, bos_id: int, eos_id: int, seed: int):
             pad_token_id=eos_id,
         )
     )
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-    # ControlNet's zero convolutions start at zero, which would make every pose map a no-op.
-    # A trained ControlNet is far from zero there; give ours small random weights instead.
-    zero_convs = [controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_mid_block]
-    zero_convs += list(controlnet.controlnet_down_blocks)
-    for conv in zero_convs:
-        torch.nn.init.normal_(conv.weight, std=0.3)
-        torch.nn.init.normal_(conv.bias, std=0.1)
-    scheduler = DDIMScheduler(**SD15_SCHEDULER)
-    return unet, vae, text_encoder, controlnet, scheduler
+    # Created last, so its weights never shift the random draws of the models above.
+    return unet, vae, text_encoder, _tiny_controlnet(unet), DDIMScheduler(**SD15_SCHEDULER)
 
 
 def _tiny_vae(scaling_factor: float, force_upcast: bool):
@@ -136,12 +129,22 @@ def _tiny_controlnet(unet):
     from diffusers import ControlNetModel
 
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-    # Zero convolutions at zero would make every pose map a no-op (see _models).
-    zero_convs = [controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_mid_block]
-    zero_convs += list(controlnet.controlnet_down_blocks)
-    for conv in zero_convs:
-        torch.nn.init.normal_(conv.weight, std=0.3)
-        torch.nn.init.normal_(conv.bias, std=0.1)
+    embedding = controlnet.controlnet_cond_embedding
+    # A trained OpenPose ControlNet responds where the limbs are. Random signed kernels with biases
+    # do not: a limb a few pixels wide on black averages out to a constant, so the frame would tell
+    # *whether* there is a pose map, not *which*. Positive kernels normalised to a gain of 2 (SiLU
+    # keeps positive values nearly linear) and no biases keep black at exactly 0 and carry every
+    # limb down to latent resolution as a blurred, still local, response.
+    for conv in (embedding.conv_in, *embedding.blocks):
+        kernel = torch.randn(conv.weight.shape).abs()
+        conv.weight.data = 2.0 * kernel / kernel.sum(dim=(1, 2, 3), keepdim=True)
+        conv.bias.data.zero_()
+    # Zero convolutions start at zero (a no-op) and a trained ControlNet is far from it. Signed,
+    # bias-free weights here: the residuals then differ between two poses where the limbs differ.
+    zero_convs = (embedding.conv_out, controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks)
+    for conv, std in zip(zero_convs, (1.0,) + (0.3,) * (len(zero_convs) - 1)):
+        torch.nn.init.normal_(conv.weight, std=std)
+        conv.bias.data.zero_()
     return controlnet
 
 
