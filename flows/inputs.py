@@ -8,17 +8,23 @@ Everything here raises ``ValueError`` with a message that says what is wrong and
   header (a decompression bomb is refused before any pixel is decoded), then the whole image
   decoded (a PNG with corrupt zlib data but valid CRCs passes ``verify()`` and fails here), and
   high-bit-depth modes scaled to 8 bits (:func:`to_rgb8`).
+- :func:`safetensors_problem`, :func:`torch_checkpoint_problem`: whether a LoRA or detector
+  weights file is whole and of its format, from its header alone (issue 17).
 - :func:`environment_problems`: what a job needs from the machine it runs on (a writable output
-  folder, the CUDA device it names, a reachable Dask scheduler, a hub model in the local cache
-  when offline).
+  folder, the CUDA device it names, a Dask scheduler that answers Dask's handshake, a hub model
+  in the local cache when offline).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import struct
 import tempfile
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from PIL import Image
 
@@ -81,6 +87,130 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_SOURCE_PIXELS) -> 
         Image.MAX_IMAGE_PIXELS = previous
 
 
+# ------------------------------------------------------------------ weights files, by their header
+# Validation reads headers only: a LoRA or detector checkpoint can be gigabytes, and a file that
+# is empty, cut short or of another format must be named with its field before anything loads
+# it (issue 17: a picture renamed .safetensors crashed `validate` with safetensors' traceback).
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on the JSON header (MAX_HEADER_SIZE)
+_SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                            "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _safetensors_header(path: Path, size: int) -> tuple[Optional[dict], int, str]:
+    """(the JSON header, the bytes after it, "") or (None, 0, why it cannot be read).
+
+    The file is an 8-byte little-endian length, that much JSON, then the tensors' bytes."""
+    if size < 8:
+        return None, 0, "the file is empty" if size == 0 else f"the file is only {size} bytes"
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > min(SAFETENSORS_MAX_HEADER, size - 8):
+            return None, 0, (f"header unreadable: its first 8 bytes announce a {length}-byte header in a "
+                             f"{size}-byte file")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, 0, "header unreadable: not JSON"
+    if not isinstance(header, dict):
+        return None, 0, f"header unreadable: a JSON {type(header).__name__}, not a table of tensors"
+    return header, size - 8 - length, ""
+
+
+def _tensor_extent(name: str, info: Any) -> tuple[int, int]:
+    """(begin, end) of one tensor's bytes after the header; ValueError when the entry is not one."""
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"header unreadable: tensor {name!r} has no valid data_offsets")
+    width = _SAFETENSORS_DTYPE_BYTES.get(info.get("dtype"))
+    shape = info.get("shape")
+    if width and isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape):
+        if math.prod(shape) * width != offsets[1] - offsets[0]:
+            raise ValueError(f"header unreadable: tensor {name!r} has {offsets[1] - offsets[0]} bytes for shape "
+                             f"{shape} of {info['dtype']}")
+    return offsets[0], offsets[1]
+
+
+def safetensors_problem(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` is not a whole safetensors file, judged from its header and size, or None.
+
+    Checks what ``safetensors.safe_open`` checks before it reads a tensor: the header's length
+    and JSON, each tensor's offsets and byte count, and that the tensors exactly cover the rest
+    of the file (shorter: truncated; longer: not one safetensors file).
+    """
+    path = Path(path).expanduser()
+    try:
+        size = path.stat().st_size
+        header, data, why = _safetensors_header(path, size)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if header is None:
+        return why
+    try:
+        extents = sorted(_tensor_extent(name, info) for name, info in header.items() if name != "__metadata__")
+    except ValueError as exc:
+        return str(exc)
+    if not extents:
+        return "it holds no tensors"
+    end = 0
+    for begin, stop in extents:
+        if begin != end:
+            return "header unreadable: its tensors overlap or leave gaps"
+        end = stop
+    if end > data:
+        return f"truncated: the header describes {end} bytes of tensors, the file holds {data}"
+    if end < data:
+        return f"{data - end} bytes follow its tensors, so it is not one whole safetensors file"
+    return None
+
+
+_TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch.serialization.MAGIC_NUMBER
+
+
+def torch_checkpoint_problem(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` is not a ``torch.save`` checkpoint, judged from its header, or None.
+
+    torch.save writes a zip archive (since torch 1.6; its central directory, at the end, lists
+    ``<name>/data.pkl``: a cut file loses it) or, before that, a pickle stream that opens with
+    torch's magic number (the published OpenPose weights are of that age). Nothing is unpickled.
+    """
+    import zipfile
+
+    path = Path(path).expanduser()
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "the file is empty"
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+                return None
+            return "not a PyTorch checkpoint: a zip archive without data.pkl"
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"not a PyTorch checkpoint: cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if head[:1] == b"\x80" and _TORCH_LEGACY_MAGIC in head:
+        return None
+    return ("not a PyTorch checkpoint (neither torch.save's zip archive, whole, nor its older pickle format); "
+            "the file is cut short or of another kind")
+
+
+def weights_files_problem(folder: str | os.PathLike, names: Sequence[str]) -> Optional[str]:
+    """Why the weights ``names`` in ``folder`` cannot be loaded (missing, empty, not checkpoints), or None."""
+    folder = Path(folder).expanduser()
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            return f"{folder} has no {name}"
+        if (problem := torch_checkpoint_problem(path)):
+            return f"{path}: {problem}"
+    return None
+
+
 def writable_folder_problem(folder: str | os.PathLike) -> Optional[str]:
     """Why results cannot be written below ``folder`` (created if missing), or None.
 
@@ -121,8 +251,105 @@ def cuda_problem(device: Optional[str]) -> Optional[str]:
     return None
 
 
-def dask_problem(address: Optional[str], timeout: float = 3.0) -> Optional[str]:
-    """Whether a TCP connection to the Dask scheduler at ``address`` opens within ``timeout`` s."""
+# Dask's TCP comm (distributed/comm/tcp.py, protocol/core.py): a message is an 8-byte length, then
+# that many bytes: a frame count, one 8-byte length per frame, the frames; the first frame is
+# msgpack. Dask packs native-endian ("Q"); every platform it runs on is little-endian. On connect
+# both sides send a handshake dict ({"compression", "python", "pickle-protocol"}) and read the
+# other's (comm/core.py, connect() and Listener.on_connection).
+DASK_MAX_MESSAGE = 1 << 20  # a handshake or an identity reply without workers is ~300 bytes
+DASK_DEFAULT_PORT = 8786
+_NOT_THE_SCHEDULER = "give the scheduler's address (port 8786 by default; the dashboard's 8787 is HTTP)"
+
+
+class _NotDask(Exception):
+    """The peer does not speak Dask's comm protocol; the message says what it sent instead."""
+
+
+def _dask_message(payload: dict) -> bytes:
+    import msgpack
+
+    body = msgpack.packb(payload, use_bin_type=True)
+    return struct.pack("<QQQ", 16 + len(body), 1, len(body)) + body
+
+
+def _dask_probe_messages() -> bytes:
+    """Our handshake, then ``identity`` (workers left out, so the reply stays small), asking the
+    server to close the comm after replying, as a Dask client does when it is done."""
+    import pickle
+    import sys
+
+    handshake = {"compression": None, "python": list(sys.version_info[:3]), "pickle-protocol": pickle.HIGHEST_PROTOCOL,
+                 # Extra keys are ignored by Dask; this blank line makes an HTTP server (a dashboard
+                 # given by mistake) see the end of a request and answer or hang up at once, instead
+                 # of waiting out the timeout for more of a request line.
+                 "probe": "masactrl-animate validate\r\n\r\n"}
+    identity = {"op": "identity", "n_workers": 0, "reply": True, "close": True}
+    return _dask_message(handshake) + _dask_message(identity)
+
+
+def _recv_exactly(sock, count: int, deadline: float) -> bytes:
+    """``count`` bytes from ``sock`` before ``deadline`` (TimeoutError), or _NotDask when it hangs up."""
+    data = bytearray()
+    while len(data) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(min(count - len(data), 1 << 16))
+        if not chunk:
+            raise _NotDask(f"it closed the connection after {len(data)} of {count} bytes" if data
+                           else "it closed the connection without a Dask handshake")
+        data += chunk
+    return bytes(data)
+
+
+def _read_dask_message(sock, deadline: float):
+    """One Dask message from ``sock``: lengths checked against DASK_MAX_MESSAGE before anything
+    is allocated (an HTTP reply read as a length asks for exabytes), first frame msgpack-decoded."""
+    import msgpack
+
+    head = _recv_exactly(sock, 8, deadline)
+    (total,) = struct.unpack("<Q", head)
+    if not 16 <= total <= DASK_MAX_MESSAGE:
+        text = all(32 <= b < 127 or b in b"\r\n\t" for b in head)
+        what = " (text: an HTTP server or another service?)" if text else ""
+        raise _NotDask(f"it answered {head!r}{what}, which is not the length of a Dask message")
+    body = _recv_exactly(sock, total, deadline)
+    (frames,) = struct.unpack_from("<Q", body)
+    start = 8 * (frames + 1)
+    if not 1 <= frames <= 64 or start > total:
+        raise _NotDask(f"its reply claims {frames} frames, which is not a Dask message")
+    (first,) = struct.unpack_from("<Q", body, 8)
+    if first > total - start:
+        raise _NotDask("its reply's frames are longer than the reply, which is not a Dask message")
+    try:
+        return msgpack.unpackb(body[start:start + first], raw=False, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - any decoding failure means "not Dask"
+        raise _NotDask("its reply is not msgpack, so not a Dask message") from None
+
+
+def _dask_server_kind(sock, deadline: float) -> str:
+    """'Scheduler', 'Worker', ... as the server's ``identity`` says; _NotDask for anything else."""
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    sock.sendall(_dask_probe_messages())
+    handshake = _read_dask_message(sock, deadline)
+    if not isinstance(handshake, dict) or "pickle-protocol" not in handshake:
+        raise _NotDask(f"its first message is not a Dask handshake ({type(handshake).__name__})")
+    identity = _read_dask_message(sock, deadline)
+    if not isinstance(identity, dict) or not identity.get("type"):
+        # Only a scheduler's identity takes n_workers: a worker or nanny answers with an error.
+        raise _NotDask("it is another Dask server (a worker or a nanny?): it refused the scheduler's identity request")
+    return str(identity["type"])
+
+
+def dask_problem(address: Optional[str], timeout: float = 5.0) -> Optional[str]:
+    """Why no Dask scheduler answers at ``address``, or None: within ``timeout`` s in all, a
+    TCP connection, Dask's handshake and the server's ``identity``, which must say 'Scheduler'.
+
+    Opening a connection is not enough (issue 17): a Dask client pointed at an HTTP server reads
+    the reply as a message length, then hangs or dies allocating exabytes. This speaks just
+    enough of Dask's protocol, with every length bounded, to tell a scheduler from anything else.
+    """
     if not address:
         return None
     import socket
@@ -130,16 +357,34 @@ def dask_problem(address: Optional[str], timeout: float = 3.0) -> Optional[str]:
 
     text = address if "://" in address else f"tcp://{address}"
     parts = urlsplit(text)
-    host, port = parts.hostname, parts.port or 8786
+    try:
+        host, port = parts.hostname, parts.port or DASK_DEFAULT_PORT
+    except ValueError:  # a port that is not a number
+        return f"{address!r} is not host:port; write e.g. tcp://scheduler:8786"
     if parts.scheme not in ("tcp", "tls") or not host:
         return None  # other transports (ucx, inproc) cannot be probed cheaply
+    deadline = time.monotonic() + timeout
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        return (f"no Dask scheduler answers at {address} ({reason} after {timeout:g} s); start it "
-                "(`dask scheduler`) or fix the address")
+        reason = f"timed out after {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        return f"no Dask scheduler answers at {address} ({reason}); start it (`dask scheduler`) or fix the address"
+    with sock:
+        if parts.scheme == "tls":
+            return None  # the handshake needs the cluster's certificates: an open port is all we check
+        try:
+            kind = _dask_server_kind(sock, deadline)
+        except TimeoutError:
+            return (f"{address} is not a Dask scheduler (or one too busy to answer): it sent no Dask handshake "
+                    f"within {timeout:g} s; {_NOT_THE_SCHEDULER}")
+        except _NotDask as exc:
+            return f"{address} is not a Dask scheduler: {exc}; {_NOT_THE_SCHEDULER}"
+        except OSError as exc:  # reset halfway through
+            return (f"{address} is not a Dask scheduler: the connection broke during Dask's handshake "
+                    f"({exc.strerror or exc}); {_NOT_THE_SCHEDULER}")
+    if kind != "Scheduler":
+        return f"{address} is a Dask {kind}, not a Dask scheduler; {_NOT_THE_SCHEDULER}"
+    return None
 
 
 def hub_model_problem(name: Optional[str]) -> Optional[str]:
@@ -258,12 +503,16 @@ def run_problems(job, environ=None) -> list[tuple[str, str]]:
 
 __all__ = [
     "confinement_problems",
+    "dask_problem",
     "MAX_SOURCE_PIXELS",
     "environment_problems",
     "open_image",
     "path_length_problem",
     "run_problems",
+    "safetensors_problem",
     "to_rgb8",
+    "torch_checkpoint_problem",
+    "weights_files_problem",
     "writable_folder_problem",
 ]
 

@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from pose_sources import PoseSpec
 from pose_sources.spec import ImageSpec, KeyframesSpec, OpenPoseJsonSpec, PoseImagesSpec, VideoSpec
@@ -273,6 +274,25 @@ class FramesSpec(_Model):
         return self
 
     @model_validator(mode="after")
+    def _detector_weights_readable(self, info: ValidationInfo):
+        # pose_sources checks that the weights files exist; their headers are checked here, so a
+        # cut or foreign file is named before the detector is built from it.
+        poses = self.poses
+        if getattr(poses, "detector", None) != "openpose" or not getattr(poses, "detector_dir", None):
+            return self
+        if not (info.context or {}).get("check_paths", True):
+            return self
+        from pose_sources.openpose_detector import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
+
+        from .inputs import weights_files_problem
+
+        names = [BODY_WEIGHTS] + [HAND_WEIGHTS] * poses.hands + [FACE_WEIGHTS] * poses.face
+        if (problem := weights_files_problem(poses.detector_dir, names)):
+            raise ValueError(f"frames.poses.detector_dir: {problem}; put the OpenPose weights from "
+                             "lllyasviel/Annotators there, or use detector 'mediapipe'")
+        return self
+
+    @model_validator(mode="after")
     def _something_to_render(self):
         if not self.prompts and self.poses is None:
             raise ValueError("frames.prompts: give at least one prompt (or frames.poses to drive the frames by poses)")
@@ -320,10 +340,28 @@ class LoraSpec(_Model):
             path = Path(value).expanduser()
             if not path.exists():
                 raise ValueError(f"{value!r} does not exist; give a .safetensors file or a LoRA folder")
+            _check_lora_file(value)
             return str(path.absolute())
         if not _HUB_ID.match(value):
             raise ValueError(f"{value!r} is neither an existing file nor a hub id like 'owner/name'")
         return value
+
+
+def _check_lora_file(value: str) -> None:
+    """The local LoRA file (or the one in a LoRA folder) must be a whole safetensors file. From its
+    header only: what is not would crash `validate` inside safetensors (issue 17)."""
+    from masactrl_engine import EngineInputError
+    from masactrl_engine.loading import lora_file
+
+    from .inputs import safetensors_problem
+
+    try:
+        path = lora_file(value, field="path")  # the folder's pytorch_lora_weights.safetensors, ...
+    except EngineInputError as exc:
+        raise ValueError(str(exc).removeprefix("path: ")) from None
+    if (problem := safetensors_problem(path)):
+        where = f"{value!r}" if Path(value).expanduser().is_file() else f"{str(path)!r} (in {value!r})"
+        raise ValueError(f"{where} is not a safetensors file ({problem}); give a LoRA saved as .safetensors")
 
 
 class ModelSpec(_Model):
@@ -544,6 +582,14 @@ class QualitySpec(_Model):
                                  "(body_pose_model.pth); or use detector 'mediapipe'")
             if not Path(self.detector_dir).expanduser().is_dir():
                 raise ValueError(f"quality.detector_dir: {str(self.detector_dir)!r} is not a folder")
+            # Loaded only after the frames are rendered: a missing or broken file must fail now.
+            from pose_sources.openpose_detector import BODY_WEIGHTS
+
+            from .inputs import weights_files_problem
+
+            if (problem := weights_files_problem(self.detector_dir, [BODY_WEIGHTS])):
+                raise ValueError(f"quality.detector_dir: {problem}; put the OpenPose weights from "
+                                 "lllyasviel/Annotators there, or use detector 'mediapipe'")
         return self
 
 

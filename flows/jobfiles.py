@@ -39,6 +39,55 @@ class _DuplicateKey(ValueError):
     pass
 
 
+ALIAS_REFUSED = "YAML anchors/aliases (&name / *name) are not supported; write the values out"
+MAX_NESTING = 64  # a job is a few levels deep; PyYAML and json recurse per level (RecursionError)
+
+
+class _Refused(ValueError):
+    """A YAML construct a job file may not use; the message names its line."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors, aliases and deep nesting while composing, before anything
+    is built.
+
+    An alias makes a node shared, not copied, but everything after composing (the duplicate-key
+    walk, pydantic) expands it: nine levels of nine aliases ("billion laughs") are 9**9 values
+    from a 1 kB file and kept `validate` busy for minutes (issue 17). Job files have no use for
+    them, so the first anchor or alias is an error naming its line. Nesting is bounded too, so a
+    file of thousands of '[' is an error, not a RecursionError.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(f"line {line}: {ALIAS_REFUSED}")
+        if self._depth >= MAX_NESTING:
+            raise _Refused(f"line {line}: nested more than {MAX_NESTING} levels deep; a job file is a few levels deep")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _load_yaml(text: str, check_duplicates: bool = True) -> Any:
+    """``yaml.safe_load`` without anchors/aliases (and, by default, without duplicate keys)."""
+    loader = _NoAliasLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if check_duplicates:
+            _reject_duplicate_yaml_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _reject_duplicate_yaml_keys(node, where: str = "") -> None:
     """YAML keeps the last of two equal keys without a word; a job file must not (C.4)."""
     if isinstance(node, yaml.MappingNode):
@@ -76,10 +125,11 @@ def read_job_data(path: str | Path) -> dict:
         if path.suffix.lower() == ".json":
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
         else:
-            _reject_duplicate_yaml_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-            data = yaml.safe_load(text)
-    except _DuplicateKey as exc:
+            data = _load_yaml(text)
+    except (_DuplicateKey, _Refused) as exc:
         raise JobFileError(f"{path}: {exc}") from None
+    except RecursionError:  # JSON nested thousands of levels deep
+        raise JobFileError(f"{path}: nested more deeply than Python reads; a job file is a few levels deep") from None
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise JobFileError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
     if not isinstance(data, dict):
@@ -152,8 +202,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not p for p in parts):
         raise JobFileError(f"--set {text!r}: empty part in the key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = _load_yaml(raw, check_duplicates=False) if raw.strip() else ""
+    except (yaml.YAMLError, _Refused):
+        # Not YAML, or with aliases (never expanded): the text itself, e.g. a prompt "*sparkly* cat".
         value = raw
     # "a cat: jumping" would parse as a mapping: only braces mean one.
     if isinstance(value, dict) and not raw.strip().startswith("{"):
