@@ -15,20 +15,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere
     sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from write_sources import write_sources  # noqa: E402
 
 from flows import AnimationJob, animate  # noqa: E402
+
+CAT = ROOT / "examples" / "jobs" / "sources" / "chelsea.jpg"  # shipped with the example jobs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/python-api")
     args = parser.parse_args()
-    sources = write_sources()
     job = AnimationJob(
-        source={"image": str(sources["chelsea"]), "prompt": "a photo of a cat", "subject": "cat"},
+        source={"image": str(CAT), "prompt": "a photo of a cat", "subject": "cat"},
         frames={"prompts": ["a photo of a cat sitting", "a photo of a cat standing", "a photo of a cat jumping"]},
         model={"model": "tiny"},
         settings={"width": 64, "height": 64, "steps": 10, "start_step": 2},

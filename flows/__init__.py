@@ -1,8 +1,15 @@
 """Prefect 3 flows around the MasaCtrl engine: job model, tasks, flows, deployments, CLI.
 
     from flows import animate, AnimationJob
-    result = animate(AnimationJob(source={"image": "cat.png", "prompt": "a photo of a cat"},
-                                  frames={"prompts": ["a cat standing", "a cat jumping"]}))
+    job = AnimationJob(source={"image": "examples/jobs/sources/chelsea.jpg", "prompt": "a photo of a cat"},
+                       frames={"prompts": ["a cat standing", "a cat jumping"]},
+                       model={"model": "tiny"},  # the offline test model (noise); or a checkpoint folder / hub id
+                       settings={"width": 64, "height": 64, "steps": 4, "start_step": 2})
+    result = animate(job)
+    print(result.gif)
+
+Input paths are relative to where it runs (here the repository root); the settings keep the tiny
+model quick (defaults: 512x512, 50 steps, start step 4). ``examples/python_api.py`` is a fuller script.
 """
 
 import os

@@ -1,7 +1,10 @@
 """Everything that turns what a user has into OpenPose pose maps for ControlNet.
 
-    seq = pose_sources.load(spec, size=(w, h))
-    maps = seq.render((w, h))  # list of PIL RGB images, one per frame
+    import pose_sources
+
+    spec = {"kind": "openpose_json", "path": "examples/poses/walk"}  # or a PoseSpec model
+    seq = pose_sources.load(spec, size=(512, 512))
+    maps = seq.render((512, 512))  # list of PIL RGB images, one per frame
 
 No Prefect and no engine imports here; controlnet_aux is imported only when drawing or
 detecting with OpenPose, mediapipe only when its detector is made. See README.md beside this file.
