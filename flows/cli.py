@@ -8,18 +8,120 @@
     masactrl-animate submit job.yaml --no-wait  # prints the flow-run id
 
 Exit codes: 0 done, 1 the run failed, 2 the job is invalid.
+Third-party warnings and log lines stay off the terminal unless --verbose.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+# Prefect waits 20 s by default for its temporary (ephemeral) server; on a busy machine (load ~7 on
+# 2 cores, issue 17) that was too short and runs failed, while 120 s let the same runs pass.
+EPHEMERAL_STARTUP_TIMEOUT_S = 120
+EPHEMERAL_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+_EPHEMERAL_TIMEOUT_ERROR = "Timed out while attempting to connect to ephemeral Prefect API server"
+# Commands that start Prefect or talk to it; the others never need its settings.
+PREFECT_COMMANDS = frozenset({"run", "sweep", "demo", "serve", "submit"})
+# A warning whose category is defined in these packages is the project's own (MovedFieldWarning).
+PROJECT_PACKAGES = frozenset({"flows", "pose_sources", "masactrl_engine"})
+
+
+def prefect_defaults() -> None:
+    """Defaults for the Prefect this command starts, each only where the user set nothing (neither
+    the environment nor the Prefect profile): a longer start-up time for the temporary server, and
+    no telemetry. The server's telemetry heartbeat writes to the same SQLite file as the run and
+    printed ``sqlite3.OperationalError: database is locked`` on the terminal. Set in the environment,
+    so the temporary server, served runs and Dask workers inherit them."""
+    import prefect.context
+    from prefect.settings import get_current_settings
+
+    server = get_current_settings().server
+    defaults = {"DO_NOT_TRACK": "1"}  # client-side analytics (only this variable turns them off)
+    if "startup_timeout_seconds" not in server.ephemeral.model_fields_set:
+        defaults[EPHEMERAL_TIMEOUT_ENV] = str(EPHEMERAL_STARTUP_TIMEOUT_S)
+    if "analytics_enabled" not in server.model_fields_set:
+        defaults["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    added = {name: value for name, value in defaults.items() if name not in os.environ}
+    if not added:
+        return
+    os.environ.update(added)
+    # Prefect read its settings when flows/ imported it: read them again from the environment.
+    refresh = getattr(prefect.context, "refresh_global_settings_context", None)
+    if refresh is not None:
+        refresh()
+    else:  # a Prefect 3 without that function: what it does
+        prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.root_settings_context()
+
+
+def start_temporary_server() -> None:
+    """Start Prefect's temporary server now (unless PREFECT_API_URL names a server), one process
+    at a time per PREFECT_HOME. Two runs started at once otherwise start two servers that migrate
+    the same fresh SQLite file together: one fails ("no such table"), Prefect restarts it, and its
+    uvicorn traceback lands on the terminal. The flow then finds this server running (Prefect
+    keeps one per process)."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from .frames_io import folder_lock
+
+    with folder_lock(settings.home / "masactrl-server-start"):
+        SubprocessASGIServer().start()
+
+
+def ephemeral_timeout_message(command: str, exc: BaseException) -> Optional[str]:
+    """One line for Prefect's "Timed out while attempting to connect to ephemeral Prefect API
+    server" RuntimeError (its message holds the server's whole output): what happened and how to
+    run with a real server; None for any other error."""
+    import re
+
+    text = str(exc)
+    if not isinstance(exc, RuntimeError) or not text.startswith(_EPHEMERAL_TIMEOUT_ERROR):
+        return None
+    from prefect.settings import get_current_settings
+
+    real_server = ("run a real server instead: `prefect server start` in another terminal, then "
+                   "`export PREFECT_API_URL=http://127.0.0.1:4200/api` here")
+    exited = re.search(r"exited with code (-?\d+)", text)
+    if exited:
+        code = exited.group(1)
+        return f"{command} failed: Prefect's temporary server exited with code {code} before it answered; {real_server}"
+    seconds = get_current_settings().server.ephemeral.startup_timeout_seconds
+    return (f"{command} failed: Prefect's temporary server did not answer within {seconds} s (a busy machine?); "
+            f"{real_server} (or give it longer with {EPHEMERAL_TIMEOUT_ENV})")
+
+
+def quiet_terminal(verbose: bool) -> None:
+    """Keep the terminal to the project's own messages unless ``verbose``: warnings whose category
+    is not the project's (torch.jit and timm FutureWarnings, timm's "Overwriting ... in registry")
+    are not shown, and mediapipe's C++ log lines are dropped (pose_sources reads $MASACTRL_VERBOSE,
+    which processes started from here inherit). Filtering on the category, not on the module a
+    warning is attributed to: the project's MovedFieldWarning is attributed to pydantic."""
+    import warnings
+
+    from pose_sources.mediapipe_detector import VERBOSE_ENV, verbose_from_env
+
+    if verbose or verbose_from_env():
+        os.environ[VERBOSE_ENV] = "1"
+        return
+    show = warnings.showwarning
+
+    def show_own(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] in PROJECT_PACKAGES:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_own
 
 
 def _print_invalid(source: str, exc: Exception) -> int:
@@ -100,6 +202,7 @@ def cmd_run(args) -> int:
     if (code := _environment_invalid(args.job, job)) is not None:
         return code
     enable_terminal_progress(not args.no_progress)
+    start_temporary_server()
     state = animate(job, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, JobInputError):
@@ -176,6 +279,7 @@ def cmd_sweep(args) -> int:
     if (code := _environment_invalid(args.job, job)) is not None:
         return code
     enable_terminal_progress(not args.no_progress)
+    start_temporary_server()
     state = sweep(job, grid or None, frames, return_state=True)
     result = state.result(raise_on_failure=False)
     if not state.is_completed():
@@ -213,6 +317,7 @@ def cmd_demo(args) -> int:
     from .progress import enable_terminal_progress
 
     enable_terminal_progress(not args.no_progress)
+    start_temporary_server()
     results = run_demo(Path(args.out), size=args.size, steps=args.steps)
     print()
     for name, result in results.items():
@@ -499,12 +604,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="print the flow-run id and return")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     p.set_defaults(func=cmd_submit)
+
+    verbose_help = "also show third-party warnings and log lines (torch, timm, mediapipe)"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    for p in sub.choices.values():  # also after the command; SUPPRESS keeps a --verbose given before it
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    quiet_terminal(args.verbose)
+    if args.command in PREFECT_COMMANDS:
+        prefect_defaults()
+    try:
+        return int(args.func(args) or 0)
+    except RuntimeError as exc:
+        message = ephemeral_timeout_message(args.command, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

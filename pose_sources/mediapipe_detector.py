@@ -22,9 +22,12 @@ ControlNet a face shape the picture does not have.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import warnings
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -65,6 +68,64 @@ FACE_REFUSED = (
     "mesh has no counterpart for OpenPose's jaw-line outline points); set face to false, or use "
     "detector 'openpose' with facenet.pth in detector_dir"
 )
+
+
+# Set to 1 to let mediapipe's C++ log lines through (a caller that wants to see everything sets it).
+VERBOSE_ENV = "MASACTRL_VERBOSE"
+
+_native_lock = threading.Lock()
+_native_depth = 0  # nested/concurrent quiet sections share one redirection
+_native_saved_fd: int | None = None
+
+
+def verbose_from_env() -> bool:
+    """Whether $MASACTRL_VERBOSE asks for third-party log lines."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+@contextmanager
+def quiet_native_stderr(enabled: bool | None = None) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null while the block runs.
+
+    mediapipe's C++ (absl, TFLite) logs "INFO: Created TensorFlow Lite XNNPACK delegate",
+    "WARNING: All log messages before absl::InitializeLog() ..." and one "W0000 ... Feedback
+    manager ..." line per model straight to fd 2 when the graph opens its models; neither GLOG_* nor
+    TF_CPP_* variables reach them, and ``sys.stderr`` is not involved, so only the descriptor
+    can be silenced. Python text written by other threads meanwhile is lost too, which is why the
+    detector uses this only while it starts (and closes), not per picture. ``enabled`` None: quiet
+    unless $MASACTRL_VERBOSE is set.
+    """
+    global _native_depth, _native_saved_fd
+    if enabled is None:
+        enabled = not verbose_from_env()
+    if not enabled:
+        yield
+        return
+    with _native_lock:
+        if _native_depth == 0:
+            try:
+                sys.stderr.flush()  # what Python wrote before stays on the terminal
+            except (AttributeError, OSError, ValueError):
+                pass
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 at all: nothing to silence
+                saved = None
+            if saved is not None:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.close(null)
+            _native_saved_fd = saved
+        _native_depth += 1
+    try:
+        yield
+    finally:
+        with _native_lock:
+            _native_depth -= 1
+            if _native_depth == 0 and _native_saved_fd is not None:
+                os.dup2(_native_saved_fd, 2)
+                os.close(_native_saved_fd)
+                _native_saved_fd = None
 
 
 def _keep(points: np.ndarray, canvas: Size) -> np.ndarray:
@@ -138,7 +199,12 @@ class MediaPipeDetector:
                 f"the bundled pose detector needs mediapipe 0.10.14 ({exc}); install the project with `make setup`"
             ) from None
         options = {"static_image_mode": True, "model_complexity": model_complexity}
-        self._graph = holistic.Holistic(**options) if hands else pose.Pose(**options)
+        # mediapipe opens every model (and logs about it) on its own threads after the graph is built;
+        # one picture through the graph waits for that, so the whole start happens in the quiet window.
+        with quiet_native_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self._graph = holistic.Holistic(**options) if hands else pose.Pose(**options)
+            self._graph.process(np.zeros((8, 8, 3), dtype=np.uint8))
         self._lock = threading.Lock()  # a mediapipe graph runs one picture at a time
 
     def detect(self, image: Image.Image | np.ndarray) -> Pose:
@@ -165,4 +231,5 @@ class MediaPipeDetector:
         return Pose((Person(body, left, right),), canvas)
 
     def close(self) -> None:
-        self._graph.close()
+        with quiet_native_stderr():
+            self._graph.close()
