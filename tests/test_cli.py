@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+import numpy as np
 from PIL import Image
 
 from flows.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, main
@@ -102,3 +103,9 @@ def test_demo_prints_gif_and_mp4(tmp_path, capsys):
     assert (tmp_path / "demo" / "inputs" / "astronaut.png").is_file()
     with Image.open(gifs[0]) as walk:
         assert walk.n_frames == len(list(WALK.glob("*.json")))
+    # The walk moves: consecutive frames differ where the limbs do (before the tiny ControlNet
+    # followed its poses they differed by at most 1 grey level: a still picture).
+    frames = [np.asarray(Image.open(p), np.float64) for p in sorted((Path(gifs[0]).parent / "frames").glob("*.png"))]
+    steps = [np.abs(b - a) for a, b in zip(frames, frames[1:])]
+    assert min(d.mean() for d in steps) > 0.5 and min(d.max() for d in steps) >= 16, [
+        (round(d.mean(), 2), d.max()) for d in steps]
