@@ -1,4 +1,4 @@
-"""What the quality metrics cost (flows/quality.py), next to one UNet sample of the model.
+"""What the quality metrics cost (flows/quality/metrics.py), next to one UNet sample of the model.
 
     python -m benchmarks.metrics --threads 1            # 16 frames of 512², SD 1.5-sized UNet
     python -m benchmarks.metrics --quick                # CI size: 4 frames of 128², the tiny UNet
@@ -50,7 +50,7 @@ def write_job(folder: Path, frames: list[np.ndarray]) -> Path:
     """A finished job folder as the animate flow leaves it (frames, result.json, source, decode, mask)."""
     from PIL import Image
 
-    from flows.frames_io import write_json_atomic
+    from flows.jobdir.frames_io import write_json_atomic
 
     job_dir, inversion = folder / "job", folder / "inversion"
     (job_dir / "frames").mkdir(parents=True)
@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
 
-    from flows import quality
+    from flows.quality import metrics as quality
 
     frames = make_frames(args.frames, args.size)
     h, w = frames[0].shape[:2]

@@ -10,17 +10,27 @@
 
 Input paths are relative to where it runs (here the repository root); the settings keep the tiny
 model quick (defaults: 512x512, 50 steps, start step 4). ``examples/python_api.py`` is a fuller script.
+
+Importing ``flows`` (or any of its subpackages) starts nothing and changes no setting: the names
+below load on first use, so the Prefect-free parts (``flows.job``, ``flows.jobdir``,
+``flows.quality``, ``flows.sweeps``, ``flows.ui.media``) never import Prefect.
 """
 
-import os
+from importlib import import_module
 
-# The engine and the pose sources log through the standard logging module; let Prefect ship those
-# records to the run's logs too (only effective when Prefect is imported after this line).
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "masactrl_engine,pose_sources")
-# ...and let those libraries log quietly when they run outside a flow (a notebook using the engine).
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+_EXPORTS = {
+    "AnimationJob": "flows.job.model",
+    "JobInputError": "flows.job.model",
+    "AnimationResult": "flows.animation",
+    "animate": "flows.animation",
+    "task_runner_for": "flows.animation",
+}
+__all__ = sorted(_EXPORTS)
 
-from .animate import AnimationResult, animate, task_runner_for
-from .job import AnimationJob, JobInputError
 
-__all__ = ["AnimationJob", "AnimationResult", "JobInputError", "animate", "task_runner_for"]
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'flows' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -21,6 +21,24 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from flows.animation import AnimationResult, animate
+from flows.demo import run_demo
+from flows.deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON, serve_deployments
+from flows.execution.gpu_claims import ensure_gpu_limit
+from flows.job.checks import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV
+from flows.job.files import JobFileError, load_job
+from flows.job.model import AnimationJob, JobInputError, describe_validation_error
+from flows.job.plan import plan_job
+from flows.job.preflight import confinement_problems, environment_problems
+from flows.job.prompt_limits import check_prompts
+from flows.jobdir.frames_io import RESULT_FILE, folder_lock
+from flows.quality.metrics import NotAFinishedJob, compute_job_metrics, summary_line, write_metrics
+from flows.sweep import prepare_sweep, sweep
+from flows.sweeps.grid import CRITERIA, SweepError, parse_grid
+from flows.ui import media
+from flows.ui.media import DEFAULT_PORT as DEFAULT_MEDIA_PORT, add_media_arguments
+from flows.ui.progress import enable_terminal_progress
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 # Prefect waits 20 s by default for its temporary (ephemeral) server; on a busy machine (load ~7 on
@@ -74,7 +92,6 @@ def start_temporary_server() -> None:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    from .frames_io import folder_lock
 
     with folder_lock(settings.home / "masactrl-server-start"):
         SubprocessASGIServer().start()
@@ -127,7 +144,6 @@ def quiet_terminal(verbose: bool) -> None:
 def _print_invalid(source: str, exc: Exception) -> int:
     from pydantic import ValidationError
 
-    from .job import describe_validation_error
 
     print(f"{source}: invalid job", file=sys.stderr)
     lines = describe_validation_error(exc) if isinstance(exc, ValidationError) else [str(exc)]
@@ -140,8 +156,6 @@ def _load(path: str, overrides: Sequence[str]):
     """The validated job, or an exit code after printing what is wrong."""
     from pydantic import ValidationError
 
-    from .job import JobInputError
-    from .jobfiles import JobFileError, load_job
 
     try:
         return load_job(path, overrides)
@@ -153,9 +167,6 @@ def _environment_invalid(source: str, job) -> Optional[int]:
     """Exit 2 (after printing each problem with its field) when this machine cannot run ``job``:
     output folder not writable, CUDA missing, Dask scheduler unreachable, hub model not cached
     while offline. Cheap checks, done before Prefect or a model starts (C.4)."""
-    from .inputs import confinement_problems, environment_problems
-    from .prompt_limits import check_prompts
-
     # Outside the roots: refused without probing those paths. The prompts against the text
     # encoder's token limit (C.4/C.6): a subject word it never reads is an error, cut prompts warn.
     prompts = check_prompts(job)
@@ -190,10 +201,6 @@ def cmd_run(args) -> int:
     job = _load(args.job, args.set)
     if isinstance(job, int):
         return job
-    from .animate import animate
-    from .job import JobInputError
-    from .plan import plan_job
-    from .progress import enable_terminal_progress
 
     try:  # everything that can be checked without Prefect or a model, in seconds, before starting either
         plan_job(job, write=False)
@@ -218,8 +225,6 @@ def cmd_validate(args) -> int:
     job = _load(args.job, args.set)
     if isinstance(job, int):
         return job
-    from .job import JobInputError
-    from .plan import plan_job
 
     try:
         plan = plan_job(job, write=False)
@@ -232,8 +237,6 @@ def cmd_validate(args) -> int:
 
 
 def _frame_indices(text: Optional[str]) -> Optional[list[int]]:
-    from .sweep import SweepError
-
     if text is None:
         return None
     try:
@@ -245,7 +248,6 @@ def _frame_indices(text: Optional[str]) -> Optional[list[int]]:
 def _print_sweep(result, job_file: str, overrides: Sequence[str]) -> None:
     import shlex
 
-    from .sweep import CRITERIA
 
     columns = ["rank", *result.axes, "score", *(name for name, _ in CRITERIA)]
     rows = [[("n/a" if row.get(c) is None else str(row.get(c))) for c in columns] for row in result.table]
@@ -266,9 +268,6 @@ def cmd_sweep(args) -> int:
     job = _load(args.job, args.set)
     if isinstance(job, int):
         return job
-    from .progress import enable_terminal_progress
-    from .sweep import SweepError, parse_grid
-    from .sweep_flow import prepare_sweep, sweep
 
     try:  # the grid, every cell and its plan, checked before Prefect or a model starts
         grid = parse_grid(args.grid)
@@ -293,8 +292,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from .quality import NotAFinishedJob, compute_job_metrics, summary_line, write_metrics
-
     try:
         metrics = compute_job_metrics(args.job_dir, detector_kind=args.detector, detector_dir=args.detector_dir)
     except NotAFinishedJob as exc:
@@ -306,16 +303,11 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from .job import AnimationJob
-
     print(json.dumps(AnimationJob.model_json_schema(), indent=2))
     return EXIT_OK
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
-    from .progress import enable_terminal_progress
-
     enable_terminal_progress(not args.no_progress)
     start_temporary_server()
     results = run_demo(Path(args.out), size=args.size, steps=args.steps)
@@ -336,11 +328,10 @@ def cmd_demo(args) -> int:
 
 def apply_roots(args) -> None:
     """``serve --input-root/--output-root``: confine the flow runs it starts (they inherit these
-    variables; flows/inputs.py checks them). Not given: whatever the environment already says,
+    variables; flows/job/checks.py checks them). Not given: whatever the environment already says,
     by default unset = no confinement."""
     import os
 
-    from .inputs import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV
 
     if args.input_root:
         os.environ[INPUT_ROOTS_ENV] = os.pathsep.join(str(Path(r).expanduser().absolute()) for r in args.input_root)
@@ -354,9 +345,6 @@ def apply_roots(args) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .concurrency import ensure_gpu_limit
-    from .deployments import serve_deployments
-
     apply_roots(args)  # before the media server: it serves the output root
     cron = None if args.no_schedule else args.cron
     media = None
@@ -376,12 +364,11 @@ def cmd_serve(args) -> int:
 
 
 def _start_media(args):
-    """The media server of ``serve`` (flows/media.py) in a thread; the flow runs it starts inherit
+    """The media server of ``serve`` (flows/ui/media.py) in a thread; the flow runs it starts inherit
     MASACTRL_MEDIA_URL/MASACTRL_MEDIA_ROOT, so their artifacts link to it (unless already set,
     e.g. to a reverse proxy)."""
     import os
 
-    from . import media
 
     root = Path(args.media_root).expanduser().absolute() if args.media_root else media.default_root()
     try:
@@ -397,8 +384,6 @@ def _start_media(args):
 
 
 def cmd_media(args) -> int:
-    from . import media
-
     try:
         media.serve_media_forever(args.root or media.default_root(), args.host, args.port)
     except (OSError, ValueError) as exc:
@@ -460,9 +445,6 @@ def watch_flow_run(flow_run_id, timeout: Optional[float] = None, poll: float = 1
 
 def _result_of(run, job) -> Optional[object]:
     """The AnimationResult of a finished run: the persisted flow result, else the job folder's result.json."""
-    from .animate import AnimationResult
-    from .frames_io import RESULT_FILE
-
     try:
         result = run.state.result(raise_on_failure=False)
         if isinstance(result, AnimationResult):
@@ -476,7 +458,7 @@ def _result_of(run, job) -> Optional[object]:
     with get_client(sync_client=True) as client:
         progress = _progress_of(client, run.id)
     if progress and progress[1].startswith("progress-"):
-        # keys end with the job folder's name (flows/artifacts.py artifact_key)
+        # keys end with the job folder's name (flows/ui/artifacts.py artifact_key)
         path = Path(job.output.folder).absolute() / progress[1].rsplit("-", 1)[-1] / RESULT_FILE
         if path.is_file():
             return AnimationResult.model_validate_json(path.read_text())
@@ -517,10 +499,6 @@ def cmd_submit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON
-    from .media import DEFAULT_PORT as DEFAULT_MEDIA_PORT
-    from .media import add_media_arguments
-
     parser = argparse.ArgumentParser(prog="masactrl-animate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

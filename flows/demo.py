@@ -12,7 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .job import AnimationJob
+from flows.animation import animate
+from flows.job.model import AnimationJob
 
 DEMO_OUT = Path("out/demo")
 CAT_PROMPTS = [
@@ -76,6 +77,4 @@ def demo_jobs(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict[st
 
 
 def run_demo(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict:
-    from .animate import animate
-
     return {name: animate(job) for name, job in demo_jobs(out, size, steps).items()}

@@ -1,5 +1,5 @@
 """Deployments: ``animate`` (run from the UI or ``masactrl-animate submit``), ``sweep`` (a grid of
-settings ranked by the metrics, flows/sweep_flow.py) and ``animate-inbox`` (on a cron schedule:
+settings ranked by the metrics, flows/sweep.py) and ``animate-inbox`` (on a cron schedule:
 renders every job file in an inbox folder that has no finished output).
 
     masactrl-animate serve --inbox ./inbox --cron "*/5 * * * *"
@@ -17,10 +17,11 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from .animate import animate
-from .job import JobInputError, describe_validation_error
-from .jobfiles import JobFileError, finished_result, job_files, load_job
-from .sweep_flow import sweep
+from flows.animation import animate
+from flows.job.checks import OUTPUT_ROOT_ENV
+from flows.job.files import JobFileError, finished_result, job_files, load_job
+from flows.job.model import JobInputError, describe_validation_error
+from flows.sweep import sweep
 
 ANIMATE_DEPLOYMENT = "animate/animate"
 INBOX_DEPLOYMENT = "animate-inbox/animate-inbox"
@@ -48,7 +49,6 @@ def animate_inbox(
     inbox_dir = Path(inbox).expanduser().absolute()
     if not inbox_dir.is_dir():
         raise ValueError(f"inbox: {inbox_dir} is not a folder; create it or pass an existing folder")
-    from .inputs import OUTPUT_ROOT_ENV
 
     # A confined server (serve --output-root, deploy/) keeps inbox results below its output root.
     default_base = os.environ.get(OUTPUT_ROOT_ENV) or inbox_dir

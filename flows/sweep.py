@@ -1,513 +1,425 @@
-"""Sweeps over render settings, without Prefect: parse, expand into cells, lay out a grid, rank.
+"""The ``sweep`` flow: a grid of render settings from one inversion, ranked by the quality metrics.
 
-A sweep is a grid of settings: ``--grid settings.start_step=2,4,8`` on the command line, or in
-a job file::
+    plan every cell (errors before any work) -> invert-source once per distinct inversion
+    -> render-frames (the animate flow's subflow: render-chunk.map over every cell's chunks)
+    -> per cell: metrics + a small GIF -> grid.png, ranking (table artifact + ranking.json)
+    -> the best cell as a ready ``--set`` line for ``masactrl-animate run``
 
-    sweep:
-      settings.start_step: [2, 4, 8]
-      settings.start_layer: [8, 10]
-      frames: [0, 5, 11]          # optional: frame indices rendered per cell
+A cell is the job with the cell's settings (``sweep.apply_cell``); it renders only the selected
+frame indices, under their own indices, into the cell job's own folder (the folder a full run of
+that job uses, named by its hash). So the frames are cached per cell: a re-run renders nothing,
+a failed cell resumes alone, and ``masactrl-animate run`` with the best ``--set`` line later
+renders only the frames the sweep did not. Nothing in a cell's job folder says "finished": the
+sweep writes no result.json there; its own outputs go to ``<output.folder>/sweeps/<sweep hash>/``
+(``grid.png``, ``ranking.json``, ``sweep.json``, ``cells/cell_NN.gif`` and
+``cells/cell_NN.metrics.json``).
 
-(nested mappings such as ``sweep: {settings: {start_step: [2, 4]}}`` mean the same). A
-``--grid`` for a key the job file also sweeps replaces that axis. Values are typed and bounded
-by the job model's own field types; each cell becomes a job through ``apply_cell``, which runs
-the job model's full validation (cross-field rules included).
+The inversion does not depend on MasaCtrl settings (``plan.inversion_settings``), so cells that
+differ only in them share one inversion; cells that change steps or size get one each.
 
-Cells are the product of the axes, the first axis varying slowest.
-
-Grid layout (``grid_image``): one axis gives a single row with one column per value. With two
-or more, the first axis runs down the rows and the others are flattened into the columns (the
-column label lists every one of them, one line each); no pages, so the whole sweep is one
-picture. Each cell shows all of its rendered frames side by side, at full size, in frame order,
-centred in its column (a column is as wide as its cells or its label, whichever is wider).
-
-Ranking (``rank_cells``): each criterion that every measured cell has (warp error and
-appearance distance: lower is better; PCK@0.05: higher is better) is min-max normalised over
-the cells to 0 (the best cell) .. 1 (the worst); the score is the mean of those, so 0 means
-best on everything. Ties go to the lower warp error, then to the earlier cell. Source PSNR is
-left out: it does not depend on the render settings. Cells without metrics (failed) come last.
+A job may carry its grid in ``sweep:`` (``AnimationJob.sweep``); the flow's ``grid`` parameter
+adds axes or replaces the job's axes of the same key, ``frames`` replaces ``sweep.frames``. The
+``animate`` flow ignores ``sweep:`` and renders the job's own settings, so the job file that was
+swept runs unchanged with the best ``--set`` line.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import hashlib
 import json
-import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional, Union, get_args, get_origin
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
-import yaml
-from PIL import Image, ImageDraw, ImageFont
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
 
-MAX_CELLS = 256
-DEFAULT_SWEEP_FRAMES = 4
-# Sections whose fields do not change the frames: sweeping them would render the same cell twice.
-NOT_SWEEPABLE = ("name", "output", "execution", "quality", "sweep")
+from flows.animation import checked_job, render_frames, task_runner_for
+from flows.execution import rendering
+from flows.job.model import AnimationJob, JobInputError
+from flows.job.plan import ChunkRequest, JobPlan, plan_job
+from flows.job.sweep_axes import flatten
+from flows.jobdir import frames_io
+from flows.jobdir.manifest import load_verified_frame, unverified_frames
+from flows.jobdir.stitch import write_gif
+from flows.quality import metrics as quality
+from flows.quality.metrics import summary_line
+from flows.sweeps.grid import (
+    SweepCell,
+    SweepError,
+    SweepSpec,
+    apply_cell,
+    best_set_line,
+    expand_cells,
+    grid_image,
+    parse_sweep,
+    rank_cells,
+    ranking_table,
+    select_frames,
+)
+from flows.tasks import invert_source
+from flows.ui import runlogs
+from flows.ui.artifacts import artifact_key, thumbnail_markdown
 
-
-class SweepError(ValueError):
-    """A sweep that cannot be used as given; the message names the key and the fix."""
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-class SweepAxis(BaseModel):
-    key: str
-    values: list[Any]
-
-
-class SweepSpec(BaseModel):
-    axes: list[SweepAxis]
-    frames: Optional[list[int]] = None
-
-    @property
-    def cell_count(self) -> int:
-        n = 1
-        for axis in self.axes:
-            n *= len(axis.values)
-        return n
-
-
-def _scalar(raw: str, key: str) -> Any:
-    text = raw.strip()
-    if not text:
-        raise SweepError(f"--grid {key}: empty value in the list; give values like {key}=2,4,8")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, dict) and not text.startswith("{"):
-        return text  # "a cat: jumping" is a string
-    return value
+SWEEPS_DIR = "sweeps"
+CELLS_DIR = "cells"
+GRID_FILE = "grid.png"
+RANKING_FILE = "ranking.json"
+SWEEP_FILE = "sweep.json"
+SWEEP_FORMAT = 1
 
 
-def parse_grid(texts: Iterable[str]) -> dict[str, list[Any]]:
-    """``["settings.start_step=2,4,8", "settings.start_layer=[8, 10]"]`` -> {key: [raw values]}."""
-    axes: dict[str, list[Any]] = {}
-    for text in texts:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SweepError(f"--grid {text!r}: expected key=value1,value2,..., e.g. --grid settings.start_step=2,4,8")
-        if key in axes:
-            raise SweepError(f"--grid {key}: given twice; list all its values in one --grid {key}=a,b,c")
-        if raw.strip().startswith("["):
-            try:
-                values = yaml.safe_load(raw)
-            except yaml.YAMLError as exc:
-                raise SweepError(f"--grid {key}: {raw!r} is not a valid list ({exc})") from None
-            if not isinstance(values, list):
-                raise SweepError(f"--grid {key}: {raw!r} is not a list; write {key}=[a, b] or {key}=a,b")
-        else:
-            values = [_scalar(part, key) for part in raw.split(",")]
-        axes[key] = values
-    return axes
-
-
-def _flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if not isinstance(key, str) or not key.strip():
-            raise SweepError(f"sweep: {key!r} is not a setting name; use dotted keys such as settings.start_step")
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, full + "."))
-        else:
-            out[full] = value
-    return out
-
-
-def _model_in(annotation: Any) -> Optional[type[BaseModel]]:
-    """The pydantic model inside ``annotation`` (X, Optional[X]); None for values and unions of models."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is Annotated:
-        return _model_in(get_args(annotation)[0])
-    if get_origin(annotation) is Union:
-        models = [a for a in get_args(annotation) if a is not type(None)]
-        if len(models) == 1:
-            return _model_in(models[0])
-    return None
-
-
-def _is_union_of_models(annotation: Any) -> bool:
-    if get_origin(annotation) is Annotated:
-        return _is_union_of_models(get_args(annotation)[0])
-    if get_origin(annotation) is Union:
-        return any(_model_in(a) is not None or _is_union_of_models(a) for a in get_args(annotation))
-    return False
-
-
-def field_adapter(key: str, model: Optional[type[BaseModel]] = None) -> TypeAdapter:
-    """A validator for the job field at dotted ``key`` (its type and bounds, not cross-field rules)."""
-    if model is None:
-        from .job import AnimationJob
-
-        model = AnimationJob
-    parts = key.split(".")
-    if any(not p for p in parts):
-        raise SweepError(f"sweep {key}: empty part in the key; use dotted keys such as settings.start_step")
-    if parts[0] in NOT_SWEEPABLE:
-        raise SweepError(f"sweep {key}: {parts[0]} does not change the frames; sweep render settings such as "
-                         "settings.start_step, settings.start_layer, settings.controlnet_scale")
-    for i, part in enumerate(parts):
-        here = ".".join(parts[:i]) or "the job"
-        fields = model.model_fields
-        if part not in fields:
-            raise SweepError(f"sweep {key}: {here} has no field {part!r}; its fields are {', '.join(fields)}")
-        info = fields[part]
-        inner = _model_in(info.annotation)
-        last = i == len(parts) - 1
-        if not last:
-            if inner is None:
-                what = "a choice of several kinds" if _is_union_of_models(info.annotation) else "a value"
-                raise SweepError(f"sweep {key}: {'.'.join(parts[: i + 1])} is {what}, not a section with fields "
-                                 "to sweep; sweep the whole value instead")
-            model = inner
-        elif inner is not None:
-            raise SweepError(f"sweep {key}: is a section; sweep one of its fields: "
-                             f"{', '.join(key + '.' + f for f in inner.model_fields)}")
-    return TypeAdapter(Annotated[info.annotation, info])
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    msg = err.get("msg", str(exc))
-    return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
-
-
-def typed_axis(key: str, values: Any) -> SweepAxis:
-    """Check and type one axis: every value through the field's own type; no duplicates."""
-    if not isinstance(values, (list, tuple)):
-        values = [values]
-    if not values:
-        raise SweepError(f"sweep {key}: no values; give at least one, e.g. {key}: [a, b]")
-    adapter = field_adapter(key)
-    typed: list[Any] = []
-    for raw in values:
-        try:
-            value = adapter.dump_python(adapter.validate_python(raw), mode="json")
-        except ValidationError as exc:
-            raise SweepError(f"sweep {key}: {raw!r} is not a valid value ({_first_error(exc)})") from None
-        if value in typed:
-            raise SweepError(f"sweep {key}: the value {value!r} is listed twice; list each value once")
-        typed.append(value)
-    return SweepAxis(key=key, values=typed)
-
-
-def parse_sweep(mapping: Optional[Mapping] = None, grid: Iterable[str] = ()) -> SweepSpec:
-    """A job file's ``sweep:`` mapping plus ``--grid`` strings -> typed axes and frame indices."""
-    if mapping is not None and not isinstance(mapping, Mapping):
-        raise SweepError(f"sweep: expected a mapping of setting -> values, got {type(mapping).__name__}")
-    mapping = dict(mapping or {})
-    frames = mapping.pop("frames", None)
-    raw = _flatten(mapping)
-    raw.update(parse_grid(grid))
-    if not raw:
-        raise SweepError("sweep: no settings to sweep; give e.g. --grid settings.start_step=2,4,8")
-    axes = [typed_axis(key, values) for key, values in raw.items()]
-    spec = SweepSpec(axes=axes, frames=_frame_list(frames))
-    if spec.cell_count > MAX_CELLS:
-        raise SweepError(f"sweep: {spec.cell_count} cells is more than {MAX_CELLS}; sweep fewer values")
-    return spec
-
-
-def _frame_list(frames: Any) -> Optional[list[int]]:
-    if frames is None:
-        return None
-    if not isinstance(frames, (list, tuple)) or not frames:
-        raise SweepError(f"sweep.frames: expected a list of frame indices such as [0, 4, 8], got {frames!r}")
-    out = []
-    for f in frames:
-        if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-            raise SweepError(f"sweep.frames: {f!r} is not a frame index (0, 1, 2, ...)")
-        if f not in out:
-            out.append(f)
-    return out
-
-
-def select_frames(count: int, frames: Optional[Sequence[int]] = None, max_frames: int = DEFAULT_SWEEP_FRAMES) -> list[int]:
-    """Frame indices to render per cell: ``frames`` checked against ``count``, else at most
-    ``max_frames`` spread evenly from the first to the last frame."""
-    if count < 1:
-        raise SweepError("sweep: the job has no frames to render")
-    if frames is not None:
-        frames = _frame_list(list(frames))
-        for f in frames:
-            if f >= count:
-                raise SweepError(f"sweep.frames: {f} is not a frame of this job (it has frames 0-{count - 1})")
-        return frames
-    n = max(1, min(count, max_frames))
-    if n == 1:
-        return [0]
-    return sorted({round(k * (count - 1) / (n - 1)) for k in range(n)})
-
-
-# --------------------------------------------------------------------------- cells
-
-
-class SweepCell(BaseModel):
-    index: int
-    row: int
-    column: int
-    values: dict[str, Any]  # key -> value, in axis order
-
-    @property
-    def overrides(self) -> list[str]:
-        """``key=value`` texts that ``jobfiles.parse_override`` reads back as these values."""
-        return [f"{key}={_value_text(key, value)}" for key, value in self.values.items()]
-
-    @property
-    def set_line(self) -> str:
-        """The cell as ``--set`` options for ``masactrl-animate run``, quoted for a POSIX shell."""
-        return " ".join(f"--set {shlex.quote(o)}" for o in self.overrides)
-
-    def label(self, keys: Optional[Mapping[str, str]] = None) -> str:
-        keys = keys or {}
-        return ", ".join(f"{keys.get(k, k)}={_show(v)}" for k, v in self.values.items())
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value) if not isinstance(value, str) else value
-
-
-def _value_text(key: str, value: Any) -> str:
-    from .jobfiles import parse_override
-
-    if isinstance(value, str):
-        if parse_override(f"{key}={value}")[1] == value:
-            return value
-        return json.dumps(value)  # a YAML double-quoted scalar
-    return json.dumps(value)
-
-
-def expand_cells(spec: SweepSpec) -> list[SweepCell]:
-    """All cells of the sweep: the product of the axes, first axis slowest (see the module doc)."""
-    cells = []
-    rest = spec.axes[1:]
-    columns_per_row = 1
-    for axis in rest:
-        columns_per_row *= len(axis.values)
-    for index, combo in enumerate(itertools.product(*(a.values for a in spec.axes))):
-        if len(spec.axes) == 1:
-            row, column = 0, index
-        else:
-            row, column = divmod(index, columns_per_row)
-        cells.append(SweepCell(index=index, row=row, column=column,
-                               values={a.key: v for a, v in zip(spec.axes, combo)}))
-    return cells
-
-
-def apply_cell(job, cell: SweepCell):
-    """The job with the cell's settings, fully validated (raises SweepError naming the cell)."""
-    from .job import AnimationJob, describe_validation_error
-    from .jobfiles import set_dotted
-
-    data = job.model_dump(mode="json")
-    for key, value in cell.values.items():
-        set_dotted(data, key.split("."), value)
-    try:
-        return AnimationJob.model_validate(data)
-    except ValidationError as exc:
-        raise SweepError(f"sweep cell {cell.label()}: {'; '.join(describe_validation_error(exc))}") from None
-
-
-def short_keys(keys: Sequence[str]) -> dict[str, str]:
-    """Last part of each dotted key, or the whole key where two axes would share a name."""
-    last = [k.split(".")[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
-
-
-# --------------------------------------------------------------------------- grid image
-
-Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
+# --------------------------------------------------------------------------- planning (no Prefect)
 
 
 @dataclass
-class SweepGrid:
-    image: Image.Image
-    cell_boxes: dict[int, Box] = field(default_factory=dict)  # cell index -> where its frames are
-    row_label_boxes: list[Box] = field(default_factory=list)
-    column_label_boxes: list[Box] = field(default_factory=list)
+class SweepPlan:
+    """Every cell planned: its job, its plan (all frames, hashed like a full run), the frames to render."""
+
+    spec: SweepSpec
+    cells: list[SweepCell]
+    jobs: list[AnimationJob]
+    plans: list[JobPlan]
+    frame_indices: list[int]
+    sweep_hash: str
+    sweep_dir: Path
+
+    def cell_dir(self, cell: SweepCell) -> str:
+        return self.plans[cell.index].job_dir
+
+    def frame_paths(self, cell: SweepCell) -> list[str]:
+        return [str(frames_io.frame_path(self.cell_dir(cell), i)) for i in self.frame_indices]
+
+    def gif_path(self, cell: SweepCell) -> Path:
+        return self.sweep_dir / CELLS_DIR / f"cell_{cell.index:02d}.gif"
+
+    def metrics_path(self, cell: SweepCell) -> Path:
+        return self.sweep_dir / CELLS_DIR / f"cell_{cell.index:02d}.metrics.json"
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a fixed bitmap font
-        return ImageFont.load_default()
+def sweep_mapping(job: AnimationJob, grid: Optional[dict[str, Any]] = None,
+                  frames: Optional[list[int]] = None) -> dict[str, Any]:
+    """The job's ``sweep:`` grid with ``grid`` laid over it (same key: replaced) and the frames."""
+    mapping: dict[str, Any] = dict(job.sweep.grid) if job.sweep is not None else {}
+    if grid is not None:
+        if not isinstance(grid, dict):
+            raise SweepError(f"grid: expected a mapping of setting -> values, got {type(grid).__name__}")
+
+        mapping.update(flatten(grid))
+    chosen = frames if frames is not None else (job.sweep.frames if job.sweep is not None else None)
+    if chosen is not None:
+        mapping["frames"] = chosen
+    return mapping
 
 
-def cell_strip(frames: Sequence[Image.Image]) -> Image.Image:
-    """A cell's frames side by side, in order, at full size."""
-    frames = [f.convert("RGB") for f in frames]
-    if not frames:
-        raise SweepError("sweep grid: a cell with no frames")
-    w, h = frames[0].size
-    for f in frames[1:]:
-        if f.size != (w, h):
-            raise SweepError(f"sweep grid: frames of one cell differ in size ({f.size} vs {(w, h)})")
-    strip = Image.new("RGB", (w * len(frames), h))
-    for k, f in enumerate(frames):
-        strip.paste(f, (k * w, 0))
-    return strip
+def prepare_sweep(job: AnimationJob, grid: Optional[dict[str, Any]] = None, frames: Optional[list[int]] = None,
+                  write: bool = True) -> SweepPlan:
+    """Parse the grid, expand and plan every cell; raises ``SweepError`` naming the key (or the
+    cell and its field) before any model is loaded. With ``write`` each cell's job folder gets its
+    job.json and pose maps, as ``plan_job`` does for a run."""
+    spec = parse_sweep(sweep_mapping(job, grid, frames))
+    base = job.model_copy(update={"sweep": None})
+    cells = expand_cells(spec)
+    jobs, plans = [], []
+    for cell in cells:
+        cell_job = apply_cell(base, cell)
+        try:
+            plans.append(plan_job(cell_job, write=write))
+        except JobInputError as exc:
+            raise SweepError(f"sweep cell {cell.label()}: {exc}") from None
+        jobs.append(cell_job)
+    first = plans[0]
+    for cell, plan in zip(cells, plans):
+        if plan.size != first.size:
+            raise SweepError(f"sweep cell {cell.label()}: {plan.size[0]}x{plan.size[1]} frames, other cells "
+                             f"{first.size[0]}x{first.size[1]}; a grid needs one frame size: do not sweep "
+                             "settings.width / settings.height")
+        if len(plan.frames) != len(first.frames):
+            raise SweepError(f"sweep cell {cell.label()}: {len(plan.frames)} frames, other cells "
+                             f"{len(first.frames)}; sweep settings that keep the number of frames")
+    indices = sorted(select_frames(len(first.frames), spec.frames))
+    digest = hashlib.sha256(json.dumps({
+        "format": SWEEP_FORMAT,
+        "axes": [a.key for a in spec.axes],
+        "cells": [[c.values, p.job_hash] for c, p in zip(cells, plans)],
+        "frames": indices,
+    }, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    sweep_dir = Path(job.output.folder).absolute() / SWEEPS_DIR / digest[:16]
+    return SweepPlan(spec=spec, cells=cells, jobs=jobs, plans=plans, frame_indices=indices, sweep_hash=digest,
+                     sweep_dir=sweep_dir)
 
 
-def grid_image(
-    cells: Sequence[SweepCell],
-    frames: Mapping[int, Optional[Sequence[Image.Image]]],
-    *,
-    gap: int = 6,
-    font_size: int = 14,
-    background: tuple[int, int, int] = (255, 255, 255),
-    text_color: tuple[int, int, int] = (0, 0, 0),
-) -> SweepGrid:
-    """The labelled grid: rows x columns of cell strips, setting values on the axes.
+def cell_chunks(plan: JobPlan, indices: list[int], chunk_size: int, batch_size: int, inversion_dir: str,
+                first_index: int) -> list[ChunkRequest]:
+    """The chunks that render ``indices`` of one cell, numbered from ``first_index``. Built from
+    the plan's own chunk (so the anchor frame, the engine request and the folder are the full
+    job's), keeping the frames' own indices, so the files are those of a full run."""
+    (whole,) = plan.chunks(len(plan.frames), batch_size, inversion_dir)
+    wanted = set(indices)
+    picked = [f for f in plan.frames if f.index in wanted]
+    return [whole.model_copy(update={"index": first_index + k, "frames": picked[start : start + chunk_size]})
+            for k, start in enumerate(range(0, len(picked), chunk_size))]
 
-    ``frames`` maps a cell index to that cell's frames; a cell without frames (failed, not
-    rendered) is drawn as a grey box marked "missing".
+
+# --------------------------------------------------------------------------- results
+
+
+class SweepCellResult(BaseModel):
+    index: int
+    row: int
+    column: int
+    values: dict[str, Any] = Field(description="Swept setting -> this cell's value.")
+    set_line: str = Field(description="This cell as --set options for `masactrl-animate run`.")
+    job_hash: str
+    job_dir: str = Field(description="The cell job's folder: its frames (the same folder a full run uses).")
+    frames: list[str] = Field(default_factory=list, description="The cell's rendered frames, in order.")
+    gif: Optional[str] = None
+    metrics: Optional[str] = Field(None, description="The cell's metrics (JobMetrics JSON).")
+    metrics_summary: Optional[str] = None
+    rank: Optional[int] = None
+    score: Optional[float] = Field(None, description="0 = best on every criterion .. 1 = worst (sweep.rank_cells).")
+    status: str = Field("done", description="'done', or 'failed' when some of its frames are not rendered.")
+
+
+class SweepResult(BaseModel):
+    sweep_hash: str
+    sweep_dir: str
+    axes: dict[str, list[Any]] = Field(description="Swept setting -> values, in axis order.")
+    frame_indices: list[int] = Field(description="Frame indices rendered per cell.")
+    cells: list[SweepCellResult]
+    grid: Optional[str] = Field(None, description="The labelled grid image (grid.png).")
+    ranking: Optional[str] = Field(None, description="ranking.json: the ranked table.")
+    table: list[dict[str, Any]] = Field(default_factory=list, description="The ranking, best first.")
+    best_cell: Optional[int] = None
+    best_set: Optional[str] = Field(None, description="The best cell as --set options for `masactrl-animate run`.")
+    inversion_dirs: list[str] = Field(description="One inversion per distinct inversion key.")
+    inversions_computed: int
+    frames_rendered: int
+    frames_skipped: int
+    unet_calls: dict[str, int]
+    timings: dict[str, float]
+    notes: list[str] = Field(default_factory=list)
+
+
+def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + int(v)
+
+
+@task(name="measure-cell", cache_policy=NO_CACHE)
+def measure_cell(job_dir: str, indices: list[int], inversion_dir: str, job_hash: str, out_path: str,
+                 detector: str = "mediapipe", detector_dir: Optional[str] = None):
+    """The metrics of one cell's frames, written to the sweep folder (not the cell's job folder)."""
+    metrics = quality.compute_frame_metrics(job_dir, indices, inversion_dir, job_hash=job_hash,
+                                            detector_kind=detector, detector_dir=detector_dir)
+    frames_io.write_json_atomic(out_path, json.loads(metrics.model_dump_json()))
+    return metrics
+
+
+def _cell_outputs(job: AnimationJob, sp: SweepPlan, cell: SweepCell, inversion_dir: str, logger):
+    """GIF and metrics of a complete cell: (gif path, metrics or None, note or None)."""
+    frames = [load_verified_frame(p) for p in sp.frame_paths(cell)]
+    gif = write_gif(frames, sp.gif_path(cell), job.output.fps, job.output.loop)
+    q = job.quality
+    state = measure_cell(sp.cell_dir(cell), sp.frame_indices, inversion_dir, sp.plans[cell.index].job_hash,
+                         str(sp.metrics_path(cell)), q.detector, str(q.detector_dir) if q.detector_dir else None,
+                         return_state=True)
+    if not state.is_completed():
+        note = f"cell {cell.label()}: metrics not measured ({state.message})"
+        logger.warning(note)
+        return str(gif), frames, None, note
+    return str(gif), frames, state.result(), None
+
+
+def _ranking_markdown(result: SweepResult, root: Path) -> str:
+    lines = [f"# Sweep {result.sweep_hash[:16]}", ""]
+    if result.grid:
+        lines += [thumbnail_markdown(result.grid, root, "sweep grid"), ""]
+    if result.best_set:
+        lines += ["Best cell, ready for `masactrl-animate run JOB`:", "", f"`{result.best_set}`", ""]
+    lines += [f"{len(result.cells)} cells x {len(result.frame_indices)} frames (indices "
+              f"{', '.join(map(str, result.frame_indices))}), {len(result.inversion_dirs)} inversion(s); "
+              f"{result.frames_rendered} frames rendered now, {result.frames_skipped} already on disk."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+# validate_parameters=False, as for animate: an invalid job or grid fails the run with one message.
+@flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json",
+      validate_parameters=False)
+def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
+          frames: Optional[list[int]] = None) -> SweepResult:
+    """Render a grid of settings from one inversion and rank the cells by the quality metrics.
+
+    Args:
+        job: The job to sweep; its `sweep` section may hold the grid and the frame indices.
+        grid: Setting -> values to try, e.g. {"settings.start_step": [2, 4, 8], "settings.start_layer": [8, 10]};
+            adds to the job's sweep.grid (a key given in both: these values).
+        frames: Frame indices rendered per cell (default: the job's sweep.frames, else up to 4 spread over
+            the sequence).
     """
-    if not cells:
-        raise SweepError("sweep grid: no cells")
-    strips = {c.index: cell_strip(frames[c.index]) for c in cells if frames.get(c.index)}
-    if not strips:
-        raise SweepError("sweep grid: no cell has frames")
-    cw, ch = next(iter(strips.values())).size
-    for index, s in strips.items():
-        if s.size != (cw, ch):
-            raise SweepError(f"sweep grid: cell {index} is {s.size}, others {(cw, ch)}; render the same frames per cell")
-    keys = list(cells[0].values)
-    names = short_keys(keys)
-    font = _font(font_size)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    runlogs.prepare_run_logs()
+    logger = get_run_logger()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    job = checked_job(job, logger)
+    if not isinstance(job, AnimationJob):
+        return job  # a Failed state with the validation message
+    try:
+        sp = prepare_sweep(job, grid, frames, write=True)
+    except SweepError as exc:
+        message = f"Invalid sweep: {exc}"
+        logger.error(message)
+        return Failed(message=message)
+    timings["plan"] = time.perf_counter() - t_start
+    cells, plans = sp.cells, sp.plans
+    key = sp.sweep_hash[:16]
+    logger.info("Sweep %s: %d cells (%s) x frames %s -> %s", key, len(cells),
+                " x ".join(f"{a.key}[{len(a.values)}]" for a in sp.spec.axes), sp.frame_indices, sp.sweep_dir)
+    notes: list[str] = []
 
-    def text_size(text: str) -> tuple[int, int]:
-        l, t, r, b = probe.multiline_textbbox((0, 0), text, font=font, spacing=2)
-        return r - l, b - t
+    # One inversion per distinct key (MasaCtrl settings do not enter it).
+    t = time.perf_counter()
+    unet_calls: dict[str, int] = {}
+    inversions: dict[str, rendering.InversionResult] = {}
+    for plan in plans:
+        if plan.inversion.key not in inversions:
+            inversions[plan.inversion.key] = invert_source(plan.inversion)
+            _add_counts(unet_calls, inversions[plan.inversion.key].stats)
+    timings["invert"] = time.perf_counter() - t
+    inversion_dir = {c.index: inversions[plans[c.index].inversion.key].path for c in cells}
 
-    n_rows = max(c.row for c in cells) + 1
-    n_cols = max(c.column for c in cells) + 1
-    row_keys = keys[:1] if len(keys) > 1 else []
-    col_keys = keys[1:] if len(keys) > 1 else keys
-    row_text = {c.row: "\n".join(f"{names[k]}={_show(c.values[k])}" for k in row_keys) for c in cells}
-    col_text = {c.column: "\n".join(f"{names[k]}={_show(c.values[k])}" for k in col_keys) for c in cells}
-    left = (max(text_size(t)[0] for t in row_text.values()) + 2 * gap) if row_keys else gap
-    top = max(text_size(t)[1] for t in col_text.values()) + 2 * gap
-    # A column is as wide as its cells or its label, whichever is wider; cells are centred in it.
-    slot = max(cw, max(text_size(t)[0] for t in col_text.values()) + gap)
-    width = left + n_cols * (slot + gap)
-    height = top + n_rows * (ch + gap)
-    image = Image.new("RGB", (width, height), background)
-    draw = ImageDraw.Draw(image)
-    grid = SweepGrid(image)
-    for col in range(n_cols):
-        x = left + col * (slot + gap)
-        tw, th = text_size(col_text[col])
-        box = (x, gap, x + slot, top - gap)
-        draw.multiline_text((x + max(0, (slot - tw) // 2), gap), col_text[col], font=font, fill=text_color, spacing=2)
-        grid.column_label_boxes.append(box)
-    for row in range(n_rows):
-        y = top + row * (ch + gap)
-        box = (gap, y, left - gap, y + ch)
-        if row_keys:
-            tw, th = text_size(row_text[row])
-            draw.multiline_text((gap, y + max(0, (ch - th) // 2)), row_text[row], font=font, fill=text_color, spacing=2)
-            grid.row_label_boxes.append(box)
-    for c in cells:
-        x, y = left + c.column * (slot + gap) + (slot - cw) // 2, top + c.row * (ch + gap)
-        box = (x, y, x + cw, y + ch)
-        if c.index in strips:
-            image.paste(strips[c.index], (x, y))
-        else:
-            draw.rectangle((x, y, x + cw - 1, y + ch - 1), fill=(128, 128, 128))
-            draw.text((x + gap, y + gap), "missing", font=font, fill=(255, 255, 255))
-        grid.cell_boxes[c.index] = box
-    return grid
-
-
-# --------------------------------------------------------------------------- ranking
-
-CRITERIA: tuple[tuple[str, bool], ...] = (  # summary field, higher is better
-    ("warp_error", False),
-    ("appearance_emd", False),
-    ("pose_pck", True),
-)
-
-
-class RankedCell(BaseModel):
-    rank: int
-    cell: SweepCell
-    score: Optional[float]  # 0 = best on every criterion used .. 1 = worst; None: no metrics
-    criteria: dict[str, Optional[float]]  # the raw numbers of CRITERIA
-    used: list[str]  # the criteria that entered the score
-
-
-def _summary_of(metrics: Any) -> Any:
-    return getattr(metrics, "summary", metrics)
-
-
-def rank_cells(cells: Sequence[SweepCell], metrics: Mapping[int, Any]) -> list[RankedCell]:
-    """Cells best first (see the module docstring for the score). ``metrics`` maps a cell index
-    to its ``quality.JobMetrics`` or ``MetricsSummary`` (or None when the cell failed)."""
-    numbers = {}
-    for c in cells:
-        summary = _summary_of(metrics.get(c.index))
-        numbers[c.index] = None if summary is None else {name: getattr(summary, name, None) for name, _ in CRITERIA}
-    measured = [n for n in numbers.values() if n is not None]
-    used = [name for name, _ in CRITERIA if measured and all(n[name] is not None for n in measured)]
-    scores: dict[int, Optional[float]] = {}
-    for c in cells:
-        n = numbers[c.index]
-        if n is None or not used:
-            scores[c.index] = None if n is None else 0.0
+    # Every cell's chunks through the same fan-out; a folder shared by two cells is rendered once.
+    chunks: list[ChunkRequest] = []
+    owner: dict[str, SweepCell] = {}
+    for cell, plan in zip(cells, plans):
+        if plan.job_dir in owner:
+            notes.append(f"cells {owner[plan.job_dir].label()} and {cell.label()} render the same frames "
+                         "(the swept setting changes nothing here)")
             continue
-        parts = []
-        for name, higher in CRITERIA:
-            if name not in used:
-                continue
-            values = [m[name] for m in measured]
-            best, worst = (max(values), min(values)) if higher else (min(values), max(values))
-            parts.append(0.0 if best == worst else (n[name] - best) / (worst - best))
-        scores[c.index] = sum(parts) / len(parts)
+        owner[plan.job_dir] = cell
+        chunks += cell_chunks(plan, sp.frame_indices, job.execution.chunk_size, job.execution.batch_size,
+                              inversion_dir[cell.index], len(chunks))
+    progress_id = create_progress_artifact(0.0, key=f"sweep-progress-{key}", description=f"Frames of sweep {key}")
+    t = time.perf_counter()
+    render_error: Optional[BaseException] = None
+    reports = []
+    with contextlib.ExitStack() as locks:  # an identical job or sweep waits, then reuses these frames
+        for folder in sorted(owner):
+            locks.enter_context(frames_io.folder_lock(Path(folder)))
+        try:
+            reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id)
+        except Exception as exc:  # noqa: BLE001 - the other cells' frames are on disk: show them
+            render_error = exc
+            logger.error("Some sweep cells failed to render: %s", exc)
+    timings["render"] = time.perf_counter() - t
+    for r in reports:
+        _add_counts(unet_calls, r.stats)
+    rendered = sum(len(r.rendered) for r in reports)
+    total_frames = sum(len(c.frames) for c in chunks)
 
-    def order(c: SweepCell):
-        s = scores[c.index]
-        warp = (numbers[c.index] or {}).get("warp_error")
-        return (s is None, s if s is not None else 0.0, warp if warp is not None else float("inf"), c.index)
+    # Per cell: GIF + metrics of a complete cell; the grid and the ranking over all cells.
+    t = time.perf_counter()
+    sp.sweep_dir.joinpath(CELLS_DIR).mkdir(parents=True, exist_ok=True)
+    cell_results: dict[int, SweepCellResult] = {}
+    cell_frames: dict[int, list] = {}
+    metrics: dict[int, Any] = {}
+    for cell, plan in zip(cells, plans):
+        res = SweepCellResult(index=cell.index, row=cell.row, column=cell.column, values=cell.values,
+                              set_line=cell.set_line, job_hash=plan.job_hash, job_dir=plan.job_dir)
+        if unverified_frames(plan.job_dir, sp.frame_indices, plan.size):
+            res.status = "failed"
+            metrics[cell.index] = None
+        else:
+            gif, pictures, m, note = _cell_outputs(job, sp, cell, inversion_dir[cell.index], logger)
 
-    ranked = sorted(cells, key=order)
-    return [RankedCell(rank=k + 1, cell=c, score=scores[c.index], criteria=numbers[c.index] or {},
-                       used=used if numbers[c.index] is not None else [])
-            for k, c in enumerate(ranked)]
-
-
-def ranking_table(ranked: Sequence[RankedCell]) -> list[dict[str, Any]]:
-    """Rows for a table (Prefect table artifact, terminal): rank, swept values, score, metrics, --set line."""
-    rows = []
+            res.frames, res.gif, cell_frames[cell.index] = sp.frame_paths(cell), gif, pictures
+            metrics[cell.index] = m
+            if m is not None:
+                res.metrics, res.metrics_summary = str(sp.metrics_path(cell)), summary_line(m)
+            if note:
+                notes.append(note)
+        cell_results[cell.index] = res
+    grid_path = None
+    if cell_frames:
+        grid = grid_image(cells, cell_frames)
+        grid_path = str(frames_io.save_png_atomic(grid.image, sp.sweep_dir / GRID_FILE))
+    ranked = rank_cells(cells, metrics)
+    table = ranking_table(ranked)
     for r in ranked:
-        row: dict[str, Any] = {"rank": r.rank}
-        row.update({k: _show(v) for k, v in r.cell.values.items()})
-        row["score"] = None if r.score is None else round(r.score, 4)
-        for name, _ in CRITERIA:
-            value = r.criteria.get(name)
-            row[name] = None if value is None else round(value, 4)
-        row["set"] = r.cell.set_line
-        rows.append(row)
-    return rows
+        cell_results[r.cell.index].rank, cell_results[r.cell.index].score = r.rank, r.score
+    try:
+        best_set, best_cell = best_set_line(ranked), ranked[0].cell.index
+    except SweepError as exc:
+        best_set, best_cell = None, None
+        notes.append(str(exc))
+    timings["measure"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    result = SweepResult(
+        sweep_hash=sp.sweep_hash,
+        sweep_dir=str(sp.sweep_dir),
+        axes={a.key: a.values for a in sp.spec.axes},
+        frame_indices=sp.frame_indices,
+        cells=[cell_results[c.index] for c in cells],
+        grid=grid_path,
+        ranking=str(sp.sweep_dir / RANKING_FILE),
+        table=table,
+        best_cell=best_cell,
+        best_set=best_set,
+        inversion_dirs=[inv.path for inv in inversions.values()],
+        inversions_computed=sum(1 for inv in inversions.values() if inv.computed),
+        frames_rendered=rendered,
+        frames_skipped=total_frames - rendered if render_error is None else 0,
+        unet_calls=unet_calls,
+        timings={k: round(v, 3) for k, v in timings.items()},
+        notes=notes,
+    )
+    frames_io.write_json_atomic(sp.sweep_dir / RANKING_FILE, {
+        "sweep_hash": sp.sweep_hash, "axes": result.axes, "frame_indices": sp.frame_indices,
+        "best_cell": best_cell, "best_set": best_set, "table": table,
+        "cells": [c.model_dump(mode="json") for c in result.cells],
+    })
+    frames_io.write_json_atomic(sp.sweep_dir / SWEEP_FILE, result.model_dump(mode="json"))
+    _publish(job, result, progress_id, render_error is None)
+
+    failed = [c for c in result.cells if c.status == "failed"]
+    if failed or render_error is not None:
+        labels = "; ".join(cells[c.index].label() for c in failed)
+        message = (f"{len(failed)} of {len(cells)} sweep cell(s) failed ({labels}): {render_error}. The frames "
+                   f"already written are kept and the grid ({grid_path}) shows the other cells; run the same "
+                   "sweep again to render only the missing frames")
+        logger.error(message)
+        return Failed(message=message)
+    if best_set:
+        logger.info("Best cell %s (score %.3f): masactrl-animate run JOB %s", cells[best_cell].label(),
+                    ranked[0].score, best_set)
+    logger.info("Sweep done: %d cells, %d frames rendered, grid %s", len(cells), rendered, grid_path)
+    return result
 
 
-def best_set_line(ranked: Sequence[RankedCell]) -> str:
-    """``masactrl-animate run JOB --set ...`` options of the best measured cell."""
-    if not ranked or ranked[0].score is None:
-        raise SweepError("sweep: no cell has metrics, so there is no best cell; render the sweep first")
-    return ranked[0].cell.set_line
+def _publish(job: AnimationJob, result: SweepResult, progress_id, complete: bool) -> None:
+    from prefect.artifacts import update_progress_artifact
 
 
-__all__ = [
-    "CRITERIA", "MAX_CELLS", "RankedCell", "SweepAxis", "SweepCell", "SweepError", "SweepGrid", "SweepSpec",
-    "apply_cell", "best_set_line", "cell_strip", "expand_cells", "field_adapter", "grid_image", "parse_grid",
-    "parse_sweep", "rank_cells", "ranking_table", "select_frames", "short_keys", "typed_axis",
-]
+    key = result.sweep_hash[:16]
+    update_progress_artifact(progress_id, progress=100.0 if complete else 0.0,
+                             description=f"Frames of sweep {key}: {'done' if complete else 'incomplete'}")
+    best = f"best: {result.best_set}" if result.best_set else "no cell measured"
+    create_table_artifact(key=artifact_key("sweep-ranking", result.sweep_hash, job.name), table=result.table,
+                          description=f"Sweep {key}: cells ranked by the metrics (score 0 = best); {best}")
+    create_markdown_artifact(key=artifact_key("sweep", result.sweep_hash, job.name),
+                             markdown=_ranking_markdown(result, Path(job.output.folder).absolute()),
+                             description=f"Grid and best cell of sweep {key}")
+
+
+__all__ = ["SweepCellResult", "SweepPlan", "SweepResult", "cell_chunks", "prepare_sweep", "sweep", "sweep_mapping"]

@@ -1,7 +1,7 @@
 """Prefect tasks: thin wrappers around the plain functions in plan / rendering / stitch.
 
 Tasks take and return small things (pydantic requests and reports, paths); pixels and tensors
-stay on disk. Idempotence lives on disk too (``flows/rendering.py``), not in Prefect's result
+stay on disk. Idempotence lives on disk too (``flows/execution/rendering.py``), not in Prefect's result
 cache: an inversion folder or a frame file is the record that the work is done.
 """
 
@@ -11,24 +11,30 @@ from typing import Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 
-from . import rendering, stitch as stitch_lib
-from .concurrency import gpu_slot
-from .job import AnimationJob, JobInputError
-from .plan import ChunkRequest, InversionRequest, JobPlan, plan_job
+from flows.execution import rendering
+from flows.execution.gpu_claims import gpu_slot
+from flows.job.model import AnimationJob, JobInputError
+from flows.job.plan import ChunkRequest, InversionRequest, JobPlan, plan_job
+from flows.jobdir import stitch as stitch_lib
+from flows.quality import metrics as quality
+from flows.ui import runlogs
 
 
 def _logger():
-    from prefect.logging import get_run_logger
-
+    """The run's logger; the engine's and pose sources' records go to the same run log (a task may
+    run in a Dask worker process, where no flow has set that up)."""
+    runlogs.prepare_run_logs()
     return get_run_logger()
 
 
 def worth_retrying(task, task_run, state) -> bool:
     """Retry what may pass the second time (a lost worker, a flaky share, out of memory), not
     what fails again the same way: bad input, or a model or file that is not there."""
-    from masactrl_engine import EngineInputError
     from pydantic import ValidationError
+
+    from masactrl_engine import EngineInputError
 
     try:
         state.result()
@@ -71,9 +77,7 @@ def render_chunk(chunk: ChunkRequest) -> rendering.ChunkReport:
 
 @task(name="measure", cache_policy=NO_CACHE)
 def measure(job_dir: str, detector: str = "mediapipe", detector_dir: Optional[str] = None):
-    """Weight-free metrics of the finished frames (flows/quality.py), written to metrics.json."""
-    from . import quality
-
+    """Weight-free metrics of the finished frames (flows/quality/metrics.py), written to metrics.json."""
     metrics = quality.compute_job_metrics(job_dir, detector_kind=detector, detector_dir=detector_dir)
     quality.write_metrics(job_dir, metrics)
     _logger().info(quality.summary_line(metrics))

@@ -1,4 +1,4 @@
-"""What the flow publishes (flows/artifacts.py), without a Prefect server (issue 13 A.1, A.3)."""
+"""What the flow publishes (flows/ui/artifacts.py), without a Prefect server (issue 13 A.1, A.3)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.artifacts import (
+from flows.ui.artifacts import (
     artifact_key,
     frame_table,
     job_hash_of_key,
@@ -142,8 +142,8 @@ def test_publish_outputs_takes_the_flow_result(media, tmp_path, monkeypatch):
 
     import prefect.artifacts as pa
 
-    from flows.animate import AnimationResult
-    from flows.artifacts import publish_outputs
+    from flows.animation import AnimationResult
+    from flows.ui.artifacts import publish_outputs
 
     calls = []
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows import inputs
+from flows.job import checks as inputs
 from flows.cli import EXIT_INVALID, main
 
 

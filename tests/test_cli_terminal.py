@@ -165,7 +165,7 @@ def test_only_the_projects_warning_categories_are_shown(monkeypatch):
     import warnings
 
     from flows.cli import quiet_terminal
-    from flows.job import MovedFieldWarning
+    from flows.job.model import MovedFieldWarning
 
     monkeypatch.delenv("MASACTRL_VERBOSE", raising=False)
     with warnings.catch_warnings(record=True) as shown:  # restores showwarning afterwards

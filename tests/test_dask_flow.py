@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import AnimationJob, animate, worker_cache
-from flows.frames_io import frame_path
+from flows import AnimationJob, animate
+from flows.execution import worker_cache
+from flows.jobdir.frames_io import frame_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -111,7 +112,7 @@ def test_killing_a_worker_mid_job_still_renders_every_frame(cat_png, tmp_path, t
     pids = worker_pids(client)
     victim_address, victim_pid = sorted(pids.items())[0]
     job = make_job(cat_png, tmp_path, {"runner": "dask", "dask_address": local.scheduler_address})
-    from flows.plan import plan_job
+    from flows.job.plan import plan_job
 
     job_dir = Path(plan_job(job, write=False).job_dir)
     kept: dict[str, tuple[int, int]] = {}

@@ -415,8 +415,8 @@ def test_prefect_yaml_deployments(prefect_yaml):
     model = PrefectYamlModel.model_validate(prefect_yaml)  # what `prefect deploy` validates
     deployments = {d.name: d for d in model.deployments}
     assert set(deployments) == {"animate", "sweep", "animate-inbox"}
-    expected = {"animate": ("flows/animate.py:animate", "animate"),
-                "sweep": ("flows/sweep_flow.py:sweep", "sweep"),
+    expected = {"animate": ("flows/animation.py:animate", "animate"),
+                "sweep": ("flows/sweep.py:sweep", "sweep"),
                 "animate-inbox": ("flows/deployments.py:animate_inbox", "animate-inbox")}
     for name, (entrypoint, flow_name) in expected.items():
         dep = deployments[name]

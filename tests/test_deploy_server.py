@@ -135,7 +135,7 @@ def test_setup_role_creates_pool_limit_and_deployments(server):
 
     animate = _deployment(server, "animate", "animate")
     inbox = _deployment(server, "animate-inbox", "animate-inbox")
-    for dep, entrypoint in ((animate, "flows/animate.py:animate"), (inbox, "flows/deployments.py:animate_inbox")):
+    for dep, entrypoint in ((animate, "flows/animation.py:animate"), (inbox, "flows/deployments.py:animate_inbox")):
         assert dep["entrypoint"] == entrypoint
         assert dep["work_pool_name"] == "gpu-local"
         assert dep["work_queue_name"] == "default"
@@ -247,7 +247,7 @@ def test_unknown_deploy_target_is_refused(server):
 _CRASHING_HOLDER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from flows.concurrency import gpu_slot
+from flows.execution.gpu_claims import gpu_slot
 with gpu_slot("crash", lease_duration=60):
     print("holding", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -258,7 +258,7 @@ def test_gpu_slot_of_a_killed_holder_comes_back_after_its_lease(server):
     """A Dask worker killed mid-chunk stops renewing its lease: the server frees the slot
     (lease 60 s + the repossessor's 15 s loop), so the retried chunk is not blocked forever."""
     env = server.client_env
-    _run([sys.executable, "-c", "from flows.concurrency import ensure_gpu_limit; ensure_gpu_limit('crash', 1)"], env)
+    _run([sys.executable, "-c", "from flows.execution.gpu_claims import ensure_gpu_limit; ensure_gpu_limit('crash', 1)"], env)
     code = _CRASHING_HOLDER.format(root=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL and "holding" in proc.stdout, proc.stderr[-3000:]

@@ -222,7 +222,7 @@ def _job_file(folder: Path, out: Path) -> Path:
 def test_submit_to_dask_workers_on_postgres_survives_losing_a_worker(stack, tmp_path):
     from distributed import Client
 
-    from flows.frames_io import frame_path
+    from flows.jobdir.frames_io import frame_path
 
     job = _job_file(tmp_path / "job", tmp_path / "out-dask")
     env = stack["env"]

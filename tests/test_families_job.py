@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.job import AnimationJob, JobInputError
-from flows.plan import plan_job
+from flows.job.model import AnimationJob, JobInputError
+from flows.job.plan import plan_job
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_lora_bytes_change_the_job_hash_and_a_wrong_family_is_refused(tiny_env, 
     assert rewritten.job_hash != with_a.job_hash
     assert plain.inversion.key != with_a.inversion.key  # the LoRA changes the weights the source is inverted with
 
-    from flows.models import ensure_tiny_checkpoint
+    from flows.job.checkpoints import ensure_tiny_checkpoint
 
     sdxl_lora = make_tiny_lora(tmp_path / "xl.safetensors", ensure_tiny_checkpoint("tiny-sdxl"))
     with pytest.raises(JobInputError) as info:

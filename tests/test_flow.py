@@ -10,13 +10,14 @@ import pytest
 import yaml
 from PIL import Image
 
-import flows.rendering as rendering
-from flows import AnimationJob, animate, task_runner_for, worker_cache
+import flows.execution.rendering as rendering
+from flows import AnimationJob, animate, task_runner_for
+from flows.execution import worker_cache
 from flows.deployments import animate_inbox
-from flows.frames_io import frame_path
-from flows.job import JobInputError, ModelSpec, RenderSettings
-from flows.plan import ChunkRequest, EngineRequest, FramePlan
-from flows.worker_cache import EngineSlot
+from flows.jobdir.frames_io import frame_path
+from flows.job.model import JobInputError, ModelSpec, RenderSettings
+from flows.job.plan import ChunkRequest, EngineRequest, FramePlan
+from flows.execution.worker_cache import EngineSlot
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -329,7 +330,7 @@ def chunk(tmp_path, indices, batch_size=4):
 
 def test_chunk_skips_frames_on_disk(tmp_path, fake_engine):
     engine = fake_engine(FakeEngine())
-    from flows.frame_manifest import write_frame
+    from flows.jobdir.manifest import write_frame
 
     write_frame(Image.new("RGB", (64, 64)), tmp_path, 1)  # a finished frame: PNG and its digest
     report = rendering.render_chunk_frames(chunk(tmp_path, [0, 1, 2]))

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from flows.job import POSE_FIELDS, AnimationJob, FramesSpec, describe_validation_error
+from flows.job.model import POSE_FIELDS, AnimationJob, FramesSpec, describe_validation_error
 from pose_sources import PoseSpecAdapter
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import frame_manifest, frames_io, stitch
+from flows.jobdir import frames_io, manifest as frame_manifest, stitch
+from flows.jobdir.manifest import unverified_frames
 
 
 def _image(seed: int, size=(32, 24)) -> Image.Image:
@@ -33,7 +34,7 @@ def test_written_frame_is_verified_and_digest_is_sha256_of_the_png(tmp_path):
     assert line == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  frame_0003.png\n"
     assert frame_manifest.is_verified(path, (32, 24))
     assert not frame_manifest.is_verified(path, (24, 32))  # wrong size is not done either
-    assert frames_io.missing_frames(tmp_path, [3, 4], (32, 24)) == [4]
+    assert unverified_frames(tmp_path, [3, 4], (32, 24)) == [4]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "overwrite", "no_digest", "foreign_digest"])
@@ -50,7 +51,7 @@ def test_damaged_frames_are_unverified_and_never_loaded(tmp_path, damage, caplog
     else:  # a digest line that names another file does not vouch for this one
         frame_manifest.digest_path(path).write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  other.png\n")
 
-    assert frames_io.missing_frames(tmp_path, [0], (32, 24)) == [0]
+    assert unverified_frames(tmp_path, [0], (32, 24)) == [0]
     assert frame_manifest.unverified_frames(tmp_path, [0]) == [0]
     assert "frame_0000.png" in caplog.text and "rendering it again" in caplog.text
     with pytest.raises(frame_manifest.CorruptFrameError) as err:
@@ -87,7 +88,7 @@ def test_rerun_renders_corrupt_frames_again_and_inbox_sees_it(tmp_path):
     from skimage import data
 
     from flows import AnimationJob, animate
-    from flows.jobfiles import finished_result
+    from flows.job.files import finished_result
 
     src = tmp_path / "cat.png"
     Image.fromarray(data.chelsea()).resize((96, 64)).save(src)

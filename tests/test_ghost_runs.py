@@ -68,7 +68,7 @@ def test_killed_run_is_crashed_and_its_gpu_slot_freed_by_the_rerun(tmp_path, tin
     run = None
     try:
         wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 120, "the Prefect server", logs)
-        made = subprocess.run([sys.executable, "-c", "from flows.concurrency import ensure_gpu_limit; "
+        made = subprocess.run([sys.executable, "-c", "from flows.execution.gpu_claims import ensure_gpu_limit; "
                                "ensure_gpu_limit('local', 1)"], env=env, cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert made.returncode == 0, made.stderr[-3000:]
@@ -132,8 +132,8 @@ def test_killed_run_is_crashed_and_its_gpu_slot_freed_by_the_rerun(tmp_path, tin
 
 
 def test_running_json_of_another_host_or_a_live_process_is_left_alone(tmp_path):
-    from flows import ghost_runs
-    from flows.frames_io import write_json_atomic
+    from flows.execution import ghost_runs
+    from flows.jobdir.frames_io import write_json_atomic
 
     write_json_atomic(tmp_path / "running.json", {"flow_run_id": str(uuid4()), "pid": 1, "host": "elsewhere"})
     said = []
@@ -155,7 +155,7 @@ def test_running_json_of_another_host_or_a_live_process_is_left_alone(tmp_path):
 
 
 def test_process_alive_sees_dead_reused_and_zombie_pids():
-    from flows.ghost_runs import _process_started, process_alive
+    from flows.execution.ghost_runs import _process_started, process_alive
 
     assert process_alive(os.getpid(), _process_started(os.getpid()))
     assert not process_alive(os.getpid(), _process_started(os.getpid()) - 100)  # pid reused since
@@ -169,7 +169,7 @@ def test_process_alive_sees_dead_reused_and_zombie_pids():
 
 
 def test_running_json_is_removed_at_the_end_and_only_by_its_writer(tmp_path):
-    from flows import ghost_runs
+    from flows.execution import ghost_runs
 
     with ghost_runs.running(tmp_path, None) as path:
         record = json.loads(path.read_text())

@@ -10,10 +10,10 @@ import yaml
 from PIL import Image
 from pydantic import ValidationError
 
-from flows.job import (AnimationJob, JobInputError, ModelSpec, MovedFieldWarning, NotHashed, RenderSettings, SourceSpec,
+from flows.job.model import (AnimationJob, JobInputError, ModelSpec, MovedFieldWarning, NotHashed, RenderSettings, SourceSpec,
                        describe_validation_error)
-from flows.jobfiles import JobFileError, load_job, load_job_data, parse_override, set_dotted
-from flows.plan import plan_job
+from flows.job.files import JobFileError, load_job, load_job_data, parse_override, set_dotted
+from flows.job.plan import plan_job
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WALK = EXAMPLES / "poses" / "walk"

@@ -27,8 +27,8 @@ import yaml
 from PIL import Image
 
 from flows.cli import EXIT_INVALID, main
-from flows.inputs import dask_problem
-from flows.jobfiles import JobFileError, apply_overrides, read_job_data
+from flows.job.dask_probe import dask_problem
+from flows.job.files import JobFileError, apply_overrides, read_job_data
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
 
@@ -371,7 +371,7 @@ def test_a_good_lora_still_validates(tiny_env, tiny_lora_bytes, workdir, capsys)
 
 def test_the_lora_header_check_never_reads_the_tensors(tiny_lora_bytes, tmp_path, monkeypatch):
     """Header only: a LoRA whose header claims a gigabyte of tensors is judged by its size alone."""
-    from flows.inputs import safetensors_problem
+    from flows.job.checks import safetensors_problem
 
     good = tmp_path / "ok.safetensors"
     good.write_bytes(tiny_lora_bytes)
@@ -424,7 +424,7 @@ def test_torch_checkpoint_headers(tmp_path):
     the legacy pickle stream of older checkpoints such as the published OpenPose weights)."""
     import torch
 
-    from flows.inputs import torch_checkpoint_problem
+    from flows.job.checks import torch_checkpoint_problem
 
     torch.save({"w": torch.zeros(3)}, tmp_path / "zip.pth")
     torch.save({"w": torch.zeros(3)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)

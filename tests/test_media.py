@@ -1,4 +1,4 @@
-"""The media server (flows/media.py) as a real process over HTTP, media_url, and the modes of
+"""The media server (flows/ui/media.py) as a real process over HTTP, media_url, and the modes of
 finished output files (issue 13 A.1, A.2)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import frames_io
-from flows.media import media_url, parse_range
-from flows.stitch import stitch_outputs
+from flows.jobdir import frames_io
+from flows.ui.media import media_url, parse_range
+from flows.jobdir.stitch import stitch_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows import prompt_limits
+from flows.job import prompt_limits
 from flows.cli import EXIT_INVALID, main
-from flows.job import AnimationJob
+from flows.job.model import AnimationJob
 
 LONG = "a photo of a cat " + "walking " * 80  # 86 tokens with the tiny (CLIP-style) tokenizer
 
@@ -99,7 +99,7 @@ def test_subject_after_the_limit_fails_validate_and_run_before_prefect(workdir, 
     def no_prefect(*args, **kwargs):
         raise AssertionError("the flow must not start")
 
-    monkeypatch.setattr(importlib.import_module("flows.animate"), "animate", no_prefect)
+    monkeypatch.setattr(importlib.import_module("flows.animation"), "animate", no_prefect)
     job = job_dict(tmp_path / "out", ["a photo of a cat", "a photo of a dog " + "walking " * 80 + "cat"], subject="cat")
     path = dump(workdir, job)
     for command in ("validate", "run"):

@@ -1,4 +1,4 @@
-"""Quality metrics on synthetic frames with known answers (flows/quality.py); no model, no Prefect run."""
+"""Quality metrics on synthetic frames with known answers (flows/quality/metrics.py); no model, no Prefect run."""
 
 import json
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import quality
-from flows.frames_io import write_json_atomic
+from flows.quality import metrics as quality
+from flows.jobdir.frames_io import write_json_atomic
 from pose_sources import Person, Pose
 
 

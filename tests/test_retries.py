@@ -3,7 +3,7 @@
 import pytest
 from prefect.states import Failed
 
-from flows.job import JobInputError
+from flows.job.model import JobInputError
 from flows.tasks import worth_retrying
 
 

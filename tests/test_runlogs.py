@@ -1,10 +1,10 @@
-"""flows.runlogs: the engine's traceback for a run that returned Failed is dropped, nothing else (B.2)."""
+"""flows.ui.runlogs: the engine's traceback for a run that returned Failed is dropped, nothing else (B.2)."""
 
 import logging
 
 from prefect.exceptions import FailedRun
 
-from flows.runlogs import ENGINE_LOGGER, install
+from flows.ui.runlogs import ENGINE_LOGGER, install
 
 
 def _record(message, exc):

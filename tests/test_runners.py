@@ -1,4 +1,4 @@
-"""Task-runner choice, the Dask GPU claim and the per-process cache (flows/runners.py).
+"""Task-runner choice, the Dask GPU claim and the per-process cache (flows/execution/runners.py).
 
 The slow tests start real Dask worker processes (spawned: they import this module by name, so
 the tasks below must stay at module level) and a Prefect test server.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import runners
-from flows.concurrency import GPU_RESOURCE, claim_gpu, wait_for_gpu_workers
-from flows.runners import (
+from flows.execution import runners
+from flows.execution.gpu_claims import GPU_RESOURCE, claim_gpu, wait_for_gpu_workers
+from flows.execution.runners import (
     RunnerSettings,
     local_cluster_spec,
     make_task_runner,
@@ -103,7 +103,7 @@ def test_gpus_with_dask_cuda_use_local_cuda_cluster(monkeypatch):
 
 
 def test_gpus_without_dask_cuda_fall_back_to_one_worker(caplog):
-    with caplog.at_level("WARNING", logger="flows.runners"):
+    with caplog.at_level("WARNING", logger="flows.execution.runners"):
         cls, kwargs = local_cluster_spec(RunnerSettings(kind="dask", n_workers=3), gpu_count=2, has_dask_cuda=False)
     assert cls == "distributed.LocalCluster"
     assert kwargs["n_workers"] == 1
@@ -266,8 +266,8 @@ def test_worker_killed_mid_chunk_costs_only_that_chunk(prefect_api, tmp_path):
 def test_settings_for_the_job_models_execution_block(monkeypatch):
     from pydantic import ValidationError
 
-    from flows.job import ExecutionSpec
-    from flows.runners import runner_settings_for
+    from flows.job.model import ExecutionSpec
+    from flows.execution.runners import runner_settings_for
 
     assert runner_settings_for(ExecutionSpec(runner="threads", workers=3)) == RunnerSettings(max_workers=3)
     assert runner_settings_for(ExecutionSpec(runner="dask", workers=2)) == RunnerSettings(kind="dask", n_workers=2)

@@ -1,4 +1,4 @@
-"""The global GPU limit (flows/concurrency.py) against a real Prefect test server."""
+"""The global GPU limit (flows/execution/gpu_claims.py) against a real Prefect test server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flows.concurrency import ensure_gpu_limit, gpu_limit_name, gpu_slot, read_gpu_limit
+from flows.execution.gpu_claims import ensure_gpu_limit, gpu_limit_name, gpu_slot, read_gpu_limit
 
 
 @pytest.fixture(scope="module")

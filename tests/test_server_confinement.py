@@ -17,7 +17,7 @@ from PIL import Image
 from flows import animate
 from flows.cli import EXIT_OK, apply_roots, build_parser, main
 from flows.deployments import animate_inbox
-from flows.sweep_flow import sweep
+from flows.sweep import sweep
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -145,7 +145,7 @@ def test_serve_sets_the_roots_for_its_runs(tmp_path, monkeypatch, capsys):
 
     seen = {}
     deployments = importlib.import_module("flows.deployments")
-    concurrency = importlib.import_module("flows.concurrency")
+    concurrency = importlib.import_module("flows.execution.gpu_claims")
     monkeypatch.setattr(concurrency, "ensure_gpu_limit", lambda pool, gpus: "gpu-test")
     monkeypatch.setattr(deployments, "serve_deployments", lambda *a, **k: seen.update(
         inputs=__import__("os").environ.get("MASACTRL_INPUT_ROOTS"),

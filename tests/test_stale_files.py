@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import stale_files
+from flows.jobdir import stale_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from PIL import Image
 sys.path.insert(0, {root!r})
-from flows.stitch import write_mp4
+from flows.jobdir.stitch import write_mp4
 frames = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (256, 256, 3), dtype=np.uint8)) for i in range(8)]
 write_mp4(frames * 2000, {target!r}, fps=8)
 """
@@ -98,7 +98,7 @@ def test_next_run_of_the_job_removes_the_killed_encoders_temp_file(tmp_path):
     from PIL import Image
 
     from flows import AnimationJob, animate
-    from flows.plan import plan_job
+    from flows.job.plan import plan_job
 
     src = tmp_path / "cat.png"
     Image.fromarray(data.chelsea()).resize((96, 64)).save(src)
@@ -122,7 +122,7 @@ def test_next_run_of_the_job_removes_the_killed_encoders_temp_file(tmp_path):
 
 
 def test_under_the_job_lock_every_output_temp_file_is_abandoned(tmp_path):
-    from flows.stale_files import remove_abandoned_temp_files
+    from flows.jobdir.stale_files import remove_abandoned_temp_files
 
     (tmp_path / "frames").mkdir()
     fresh = [tmp_path / ".animation.4c94000990f7.tmp.mp4", tmp_path / "frames" / ".frame_0001.abcdef123456.tmp.png"]

@@ -1,4 +1,4 @@
-"""flows.stitch and flows.frames_io: media files read back exactly as written."""
+"""flows.jobdir.stitch and flows.jobdir.frames_io: media files read back exactly as written."""
 
 import os
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import frames_io, stitch
+from flows.jobdir import frames_io, stitch
+from flows.jobdir.manifest import unverified_frames
 
 
 def _frames(n, size=(64, 48), same=False):
@@ -132,12 +133,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 
 def test_missing_frames_and_pose_index(tmp_path):
-    from flows.frame_manifest import write_frame
+    from flows.jobdir.manifest import write_frame
 
     write_frame(Image.new("RGB", (8, 8)), tmp_path, 1)  # a frame with its digest
     frames_io.frame_path(tmp_path, 2).write_bytes(b"not a png")
-    assert frames_io.missing_frames(tmp_path, range(4), (8, 8)) == [0, 2, 3]
-    assert frames_io.missing_frames(tmp_path, range(4), (16, 16)) == [0, 1, 2, 3]  # wrong size is not done
+    assert unverified_frames(tmp_path, range(4), (8, 8)) == [0, 2, 3]
+    assert unverified_frames(tmp_path, range(4), (16, 16)) == [0, 1, 2, 3]  # wrong size is not done
     assert frames_io.read_poses_index(tmp_path) is None
     written = frames_io.write_poses(tmp_path, [Image.new("RGB", (8, 8))] * 2)
     assert frames_io.read_poses_index(tmp_path) == written
@@ -148,7 +149,7 @@ def test_missing_frames_and_pose_index(tmp_path):
 @pytest.mark.parametrize("size,target,expected", [((451, 300), (64, 64), (300, 300)), ((300, 451), (64, 64), (300, 300)),
                                                   ((400, 200), (128, 64), (400, 200)), ((200, 200), (128, 64), (200, 100))])
 def test_fit_source_crops_the_centre_to_the_frame_aspect(size, target, expected):
-    from flows.rendering import fit_source
+    from flows.job.plan import fit_source
 
     img = Image.new("RGB", size)
     img.putpixel((size[0] // 2, size[1] // 2), (255, 0, 0))

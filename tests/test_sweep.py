@@ -1,13 +1,13 @@
-"""The Prefect-free parts of sweeps (flows/sweep.py): parsing, cells, frame choice, grid image, ranking."""
+"""The Prefect-free parts of sweeps (flows/sweeps/grid.py): parsing, cells, frame choice, grid image, ranking."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from flows import sweep
-from flows.jobfiles import apply_overrides, parse_override
-from flows.quality import MetricsSummary
-from flows.sweep import SweepError
+from flows.sweeps import grid as sweep
+from flows.job.files import apply_overrides, parse_override
+from flows.quality.metrics import MetricsSummary
+from flows.sweeps.grid import SweepError
 
 
 # ------------------------------------------------------------------ parsing
@@ -97,7 +97,7 @@ def test_set_line_is_shell_quoted_and_applies():
 
 
 def test_apply_cell_validates_the_whole_job(tmp_path):
-    from flows.job import AnimationJob
+    from flows.job.model import AnimationJob
 
     Image.new("RGB", (64, 64), (120, 80, 40)).save(tmp_path / "cat.png")
     job = AnimationJob(source={"image": str(tmp_path / "cat.png"), "prompt": "a cat"},

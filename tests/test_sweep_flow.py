@@ -1,4 +1,4 @@
-"""The sweep flow (flows/sweep_flow.py) on the tiny checkpoint: 2x2 grid over start_step x
+"""The sweep flow (flows/sweep.py) on the tiny checkpoint: 2x2 grid over start_step x
 start_layer, 64x64, 3 steps, frames 0 and 3 of a 4-frame job per cell."""
 
 import json
@@ -9,13 +9,13 @@ import pytest
 import yaml
 from PIL import Image
 
-import flows.rendering as rendering
+import flows.execution.rendering as rendering
 from flows import AnimationJob
 from flows.cli import main
-from flows.frames_io import frame_path
-from flows.plan import plan_job
-from flows.sweep import SweepError, expand_cells, grid_image, parse_sweep
-from flows.sweep_flow import prepare_sweep, sweep
+from flows.jobdir.frames_io import frame_path
+from flows.job.plan import plan_job
+from flows.sweeps.grid import SweepError, expand_cells, grid_image, parse_sweep
+from flows.sweep import prepare_sweep, sweep
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -269,7 +269,7 @@ def test_sweep_deployment_has_a_form():
 
     deployments = {d.name: d for d in build_deployments(cron=None)}
     assert {"animate", "sweep", "animate-inbox"} <= set(deployments)
-    assert deployments["sweep"].entrypoint == "flows.sweep_flow.sweep"
+    assert deployments["sweep"].entrypoint == "flows.sweep.sweep"
     from prefect.utilities.callables import parameter_schema
 
     schema = parameter_schema(sweep).model_dump()  # what the deployment's run form is drawn from

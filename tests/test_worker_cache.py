@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import worker_cache
-from flows.job import AnimationJob, ModelSpec
-from flows.plan import control_config, plan_job
-from flows.rendering import ensure_inversion, load_inversion
+from flows.execution import worker_cache
+from flows.job.model import AnimationJob, ModelSpec
+from flows.job.plan import control_config, plan_job
+from flows.execution.rendering import ensure_inversion, load_inversion
 
 STEPS = 3
 
@@ -107,7 +107,7 @@ def test_inversion_cold_warm_deleted_and_corrupt(tiny_env, source_png, tmp_path,
 
     data = (folder / TENSOR_FILE).read_bytes()
     (folder / TENSOR_FILE).write_bytes(data[: len(data) // 2])  # truncated
-    with caplog.at_level(logging.WARNING, logger="flows.rendering"):
+    with caplog.at_level(logging.WARNING, logger="flows.execution.rendering"):
         again = ensure_inversion(request)
     assert again.computed
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -20,7 +20,7 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +97,6 @@ def is_complete_png(path: str | os.PathLike, size: tuple[int, int] | None = None
             return img.format == "PNG" and (size is None or img.size == tuple(size))
     except (FileNotFoundError, OSError, ValueError):
         return False
-
-
-def missing_frames(job_dir: str | os.PathLike, indices: Iterable[int], size: tuple[int, int] | None = None) -> list[int]:
-    """The frame indices among ``indices`` that have no verified PNG on disk yet: missing, or not
-    matching the digest written with it (``flows.frame_manifest``), so they are rendered again."""
-    from .frame_manifest import unverified_frames
-
-    return unverified_frames(job_dir, indices, size)
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:

@@ -35,6 +35,8 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from flows.execution import ghost_runs
+
 logger = logging.getLogger(__name__)
 
 GPU_RESOURCE = "GPU"
@@ -143,7 +145,7 @@ def _limit_exists(name: str) -> bool:
         return checked[1]
     exists = read_gpu_limit(name.removeprefix(LIMIT_PREFIX)) is not None
     if not exists and checked is None:
-        logging.getLogger("flows.concurrency").info(
+        logging.getLogger("flows.execution.gpu_claims").info(
             "No global concurrency limit %r on this Prefect server: GPU chunks are not throttled across jobs "
             "(create it with `masactrl-animate serve --gpus N` or `prefect gcl create %s --limit N`)", name, name)
     _limit_seen[name] = (time.monotonic(), exists)
@@ -168,7 +170,7 @@ def gpu_slot(
     renewal (a server hiccup during a long chunk) is logged, not fatal: the chunk keeps its GPU.
     The lease is renewed every 0.75 * ``lease_duration`` s; a holder that dies frees its slot
     after at most ``lease_duration`` s (default ``$MASACTRL_GPU_LEASE_SECONDS``, else 60; Prefect
-    accepts 60 s to 1 day); a later run of the same job frees it at once (flows/ghost_runs.py).
+    accepts 60 s to 1 day); a later run of the same job frees it at once (flows/execution/ghost_runs.py).
     """
     from prefect.concurrency.sync import concurrency
 
@@ -181,12 +183,10 @@ def gpu_slot(
         return
     from prefect.concurrency.context import ConcurrencyContext
 
-    from . import ghost_runs
-
     # Our own ConcurrencyContext: Prefect records the lease id there the moment it is granted (and
     # releases leftovers on exit), which is the only place the id is visible to the caller. The id
     # goes into a host-local lease record, so that a later run can release the slot of this one if
-    # its process dies (flows/ghost_runs.py); the holder tells the server which task run holds it.
+    # its process dies (flows/execution/ghost_runs.py); the holder tells the server which task run holds it.
     with ConcurrencyContext() as leases, concurrency(
         name,
         occupy=occupy,

@@ -2,7 +2,7 @@
 the frames table, as plain functions (tested without a server), plus ``publish_outputs`` which
 hands them to Prefect.
 
-Links go through ``flows.media.media_url``: with ``MASACTRL_MEDIA_URL`` set (``masactrl-animate
+Links go through ``flows.ui.media.media_url``: with ``MASACTRL_MEDIA_URL`` set (``masactrl-animate
 serve`` sets it for its media server) the GIF and the contact sheet appear inline in the UI and
 every frame has a thumbnail and a link; without it they are ``file://`` links, which browsers do not open
 from an http page.
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 from uuid import UUID
 
-from . import frames_io
-from .media import media_url
+from flows.jobdir import frames_io
+from flows.ui.media import media_url
 
 HASH_CHARS = 16  # job folders and artifact keys use the first 16 hex digits of the job hash
 _NAME_CHARS = 40  # of the job name in a key: keys stay readable in the UI's lists

@@ -1,4 +1,4 @@
-"""Checks of user inputs that are cheap enough to run before any work (issue 13 C.4-C.6).
+"""Checks of user inputs that are cheap enough to run before any work .
 
 Everything here raises ``ValueError`` with a message that says what is wrong and how to fix it
 (the job model's validators put the field name in front), or returns a list of
@@ -9,10 +9,11 @@ Everything here raises ``ValueError`` with a message that says what is wrong and
   decoded (a PNG with corrupt zlib data but valid CRCs passes ``verify()`` and fails here), and
   high-bit-depth modes scaled to 8 bits (:func:`to_rgb8`).
 - :func:`safetensors_problem`, :func:`torch_checkpoint_problem`: whether a LoRA or detector
-  weights file is whole and of its format, from its header alone (issue 17).
-- :func:`environment_problems`: what a job needs from the machine it runs on (a writable output
-  folder, the CUDA device it names, a Dask scheduler that answers Dask's handshake, a hub model
-  in the local cache when offline).
+  weights file is whole and of its format, from its header alone.
+- :func:`input_root_problem`, :func:`output_root_problem`: paths outside the folders a server
+  reads and writes.
+
+What a job needs from the machine it runs on is checked in ``flows/job/preflight.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import math
 import os
 import struct
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -238,190 +238,6 @@ def writable_folder_problem(folder: str | os.PathLike) -> Optional[str]:
     return None
 
 
-def cuda_problem(device: Optional[str]) -> Optional[str]:
-    if not device or not device.startswith("cuda"):
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return f"{device!r} asked for, but this machine has no usable CUDA device; use 'cpu' or leave it empty"
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        return f"{device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible"
-    return None
-
-
-# Dask's TCP comm (distributed/comm/tcp.py, protocol/core.py): a message is an 8-byte length, then
-# that many bytes: a frame count, one 8-byte length per frame, the frames; the first frame is
-# msgpack. Dask packs native-endian ("Q"); every platform it runs on is little-endian. On connect
-# both sides send a handshake dict ({"compression", "python", "pickle-protocol"}) and read the
-# other's (comm/core.py, connect() and Listener.on_connection).
-DASK_MAX_MESSAGE = 1 << 20  # a handshake or an identity reply without workers is ~300 bytes
-DASK_DEFAULT_PORT = 8786
-_NOT_THE_SCHEDULER = "give the scheduler's address (port 8786 by default; the dashboard's 8787 is HTTP)"
-
-
-class _NotDask(Exception):
-    """The peer does not speak Dask's comm protocol; the message says what it sent instead."""
-
-
-def _dask_message(payload: dict) -> bytes:
-    import msgpack
-
-    body = msgpack.packb(payload, use_bin_type=True)
-    return struct.pack("<QQQ", 16 + len(body), 1, len(body)) + body
-
-
-def _dask_probe_messages() -> bytes:
-    """Our handshake, then ``identity`` (workers left out, so the reply stays small), asking the
-    server to close the comm after replying, as a Dask client does when it is done."""
-    import pickle
-    import sys
-
-    handshake = {"compression": None, "python": list(sys.version_info[:3]), "pickle-protocol": pickle.HIGHEST_PROTOCOL,
-                 # Extra keys are ignored by Dask; this blank line makes an HTTP server (a dashboard
-                 # given by mistake) see the end of a request and answer or hang up at once, instead
-                 # of waiting out the timeout for more of a request line.
-                 "probe": "masactrl-animate validate\r\n\r\n"}
-    identity = {"op": "identity", "n_workers": 0, "reply": True, "close": True}
-    return _dask_message(handshake) + _dask_message(identity)
-
-
-def _recv_exactly(sock, count: int, deadline: float) -> bytes:
-    """``count`` bytes from ``sock`` before ``deadline`` (TimeoutError), or _NotDask when it hangs up."""
-    data = bytearray()
-    while len(data) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        sock.settimeout(left)
-        chunk = sock.recv(min(count - len(data), 1 << 16))
-        if not chunk:
-            raise _NotDask(f"it closed the connection after {len(data)} of {count} bytes" if data
-                           else "it closed the connection without a Dask handshake")
-        data += chunk
-    return bytes(data)
-
-
-def _read_dask_message(sock, deadline: float):
-    """One Dask message from ``sock``: lengths checked against DASK_MAX_MESSAGE before anything
-    is allocated (an HTTP reply read as a length asks for exabytes), first frame msgpack-decoded."""
-    import msgpack
-
-    head = _recv_exactly(sock, 8, deadline)
-    (total,) = struct.unpack("<Q", head)
-    if not 16 <= total <= DASK_MAX_MESSAGE:
-        text = all(32 <= b < 127 or b in b"\r\n\t" for b in head)
-        what = " (text: an HTTP server or another service?)" if text else ""
-        raise _NotDask(f"it answered {head!r}{what}, which is not the length of a Dask message")
-    body = _recv_exactly(sock, total, deadline)
-    (frames,) = struct.unpack_from("<Q", body)
-    start = 8 * (frames + 1)
-    if not 1 <= frames <= 64 or start > total:
-        raise _NotDask(f"its reply claims {frames} frames, which is not a Dask message")
-    (first,) = struct.unpack_from("<Q", body, 8)
-    if first > total - start:
-        raise _NotDask("its reply's frames are longer than the reply, which is not a Dask message")
-    try:
-        return msgpack.unpackb(body[start:start + first], raw=False, strict_map_key=False)
-    except Exception:  # noqa: BLE001 - any decoding failure means "not Dask"
-        raise _NotDask("its reply is not msgpack, so not a Dask message") from None
-
-
-def _dask_server_kind(sock, deadline: float) -> str:
-    """'Scheduler', 'Worker', ... as the server's ``identity`` says; _NotDask for anything else."""
-    sock.settimeout(max(deadline - time.monotonic(), 0.001))
-    sock.sendall(_dask_probe_messages())
-    handshake = _read_dask_message(sock, deadline)
-    if not isinstance(handshake, dict) or "pickle-protocol" not in handshake:
-        raise _NotDask(f"its first message is not a Dask handshake ({type(handshake).__name__})")
-    identity = _read_dask_message(sock, deadline)
-    if not isinstance(identity, dict) or not identity.get("type"):
-        # Only a scheduler's identity takes n_workers: a worker or nanny answers with an error.
-        raise _NotDask("it is another Dask server (a worker or a nanny?): it refused the scheduler's identity request")
-    return str(identity["type"])
-
-
-def dask_problem(address: Optional[str], timeout: float = 5.0) -> Optional[str]:
-    """Why no Dask scheduler answers at ``address``, or None: within ``timeout`` s in all, a
-    TCP connection, Dask's handshake and the server's ``identity``, which must say 'Scheduler'.
-
-    Opening a connection is not enough (issue 17): a Dask client pointed at an HTTP server reads
-    the reply as a message length, then hangs or dies allocating exabytes. This speaks just
-    enough of Dask's protocol, with every length bounded, to tell a scheduler from anything else.
-    """
-    if not address:
-        return None
-    import socket
-    from urllib.parse import urlsplit
-
-    text = address if "://" in address else f"tcp://{address}"
-    parts = urlsplit(text)
-    try:
-        host, port = parts.hostname, parts.port or DASK_DEFAULT_PORT
-    except ValueError:  # a port that is not a number
-        return f"{address!r} is not host:port; write e.g. tcp://scheduler:8786"
-    if parts.scheme not in ("tcp", "tls") or not host:
-        return None  # other transports (ucx, inproc) cannot be probed cheaply
-    deadline = time.monotonic() + timeout
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        reason = f"timed out after {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        return f"no Dask scheduler answers at {address} ({reason}); start it (`dask scheduler`) or fix the address"
-    with sock:
-        if parts.scheme == "tls":
-            return None  # the handshake needs the cluster's certificates: an open port is all we check
-        try:
-            kind = _dask_server_kind(sock, deadline)
-        except TimeoutError:
-            return (f"{address} is not a Dask scheduler (or one too busy to answer): it sent no Dask handshake "
-                    f"within {timeout:g} s; {_NOT_THE_SCHEDULER}")
-        except _NotDask as exc:
-            return f"{address} is not a Dask scheduler: {exc}; {_NOT_THE_SCHEDULER}"
-        except OSError as exc:  # reset halfway through
-            return (f"{address} is not a Dask scheduler: the connection broke during Dask's handshake "
-                    f"({exc.strerror or exc}); {_NOT_THE_SCHEDULER}")
-    if kind != "Scheduler":
-        return f"{address} is a Dask {kind}, not a Dask scheduler; {_NOT_THE_SCHEDULER}"
-    return None
-
-
-def hub_model_problem(name: Optional[str]) -> Optional[str]:
-    """With HF_HUB_OFFLINE set, a hub id must already be in the local cache."""
-    if not name or "/" not in name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
-        return None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    if not offline:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(name, local_files_only=True)
-    except Exception:  # noqa: BLE001 - any failure means "not usable offline"
-        return (f"{name!r} is a hub id, HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache; "
-                "download it on a machine with network access or give a local folder")
-    return None
-
-
-def environment_problems(job, *, check_dask: bool = True) -> list[tuple[str, str]]:
-    """What the job needs from this machine and does not get, as ``(field, message)`` pairs."""
-    problems: list[tuple[str, str]] = []
-    checks = [
-        ("output.folder", lambda: writable_folder_problem(job.output.folder)),
-        ("model.device", lambda: cuda_problem(job.model.device)),
-        ("model.model", lambda: hub_model_problem(job.model.model)),
-        ("model.controlnet", lambda: hub_model_problem(job.model.controlnet) if job.uses_poses else None),
-    ]
-    if check_dask:
-        checks.append(("execution.dask_address", lambda: dask_problem(job.execution.dask_address)))
-    for field, check in checks:
-        message = check()
-        if message:
-            problems.append((field, message))
-    return problems
-
-
 INPUT_ROOTS_ENV = "MASACTRL_INPUT_ROOTS"
 OUTPUT_ROOT_ENV = "MASACTRL_OUTPUT_ROOT"
 
@@ -435,23 +251,6 @@ def _inside(path: str | os.PathLike, roots: list[Path]) -> bool:
     # realpath: a symlink inside a root that points outside it does not count as inside.
     real = os.path.realpath(Path(path).expanduser())
     return any(os.path.commonpath([real, str(root)]) == str(root) for root in roots)
-
-
-def _pose_input_paths(job) -> list[tuple[str, str]]:
-    poses = job.frames.poses
-    if poses is None:
-        return []
-    out = []
-    for name in ("path", "source", "detector_dir"):
-        value = getattr(poses, name, None)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
-            if isinstance(v, (str, os.PathLike)) and str(v).strip():
-                # a glob is judged by the folder before its first wildcard
-                text = os.fspath(v)
-                fixed = text.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
-                out.append((f"frames.poses.{name}", fixed or "."))
-    return out
 
 
 def input_root_problem(path: str | os.PathLike, environ=None) -> Optional[str]:
@@ -469,50 +268,3 @@ def output_root_problem(folder: str | os.PathLike, environ=None) -> Optional[str
     if not root or _inside(folder, root):
         return None
     return f"{os.fspath(folder)} is outside the output root {root[0]}; give a folder below it"
-
-
-def confinement_problems(job, environ=None) -> list[tuple[str, str]]:
-    """Inputs outside ``$MASACTRL_INPUT_ROOTS`` and an output folder outside ``$MASACTRL_OUTPUT_ROOT``.
-
-    ``serve`` and deploy/ set both for runs triggered through the server (UI, ``submit``, inbox),
-    so a form user cannot read ``/etc/shadow`` as a source or write into ``/etc``. Unset: no
-    confinement (local CLI runs keep their freedom).
-    """
-    problems: list[tuple[str, str]] = []
-    candidates = [("source.image", os.fspath(job.source.image))] if job.source.image is not None else []
-    for field, path in candidates + _pose_input_paths(job):
-        if (problem := input_root_problem(path, environ)):
-            problems.append((field, problem))
-    if (problem := output_root_problem(job.output.folder, environ)):
-        problems.append(("output.folder", problem))
-    return problems
-
-
-def run_problems(job, environ=None) -> list[tuple[str, str]]:
-    """What a flow run refuses right after validating its job, as ``(field, message)`` pairs: paths
-    outside the configured roots (C.5; then nothing else is probed there), what this worker cannot
-    give the job (writable output folder, CUDA, Dask scheduler, cached hub model), and a subject
-    word that the text encoder never reads (C.4, flows/prompt_limits.py)."""
-    from .prompt_limits import check_prompts
-
-    confined = confinement_problems(job, environ)
-    if confined:
-        return confined
-    return environment_problems(job) + check_prompts(job).errors
-
-
-__all__ = [
-    "confinement_problems",
-    "dask_problem",
-    "MAX_SOURCE_PIXELS",
-    "environment_problems",
-    "open_image",
-    "path_length_problem",
-    "run_problems",
-    "safetensors_problem",
-    "to_rgb8",
-    "torch_checkpoint_problem",
-    "weights_files_problem",
-    "writable_folder_problem",
-]
-

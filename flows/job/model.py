@@ -17,13 +17,20 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pose_sources import PoseSpec
 from pose_sources.spec import ImageSpec, KeyframesSpec, OpenPoseJsonSpec, PoseImagesSpec, VideoSpec
 
-from .runners import RunnerSettings
+from flows.job.checks import (
+    input_root_problem,
+    open_image,
+    output_root_problem,
+    safetensors_problem,
+    weights_files_problem,
+)
+from flows.job.runner_settings import RunnerSettings
+from flows.job.sweep_axes import SweepError, flatten, frame_list, parse_axes
 
 _RUNNER_FIELDS = RunnerSettings.model_fields
 
@@ -120,7 +127,6 @@ def check_output_folder(path: Path) -> Path:
     resolved = expanded.absolute()
     if resolved == Path(resolved.anchor) or resolved == Path.home():
         raise ValueError(f"{text!r} is the filesystem root or the home folder; use a subfolder such as 'out'")
-    from .inputs import output_root_problem
 
     if (outside := output_root_problem(expanded)):  # $MASACTRL_OUTPUT_ROOT (server runs, C.5)
         raise ValueError(outside)
@@ -167,7 +173,6 @@ class SourceSpec(_Model):
     def _image_readable(cls, value: Optional[Path]) -> Optional[Path]:
         if value is None or str(value).strip() in ("", "."):
             return None
-        from .inputs import input_root_problem, open_image
 
         # Outside $MASACTRL_INPUT_ROOTS (server runs, C.5): refused before the file is even opened.
         if (outside := input_root_problem(value)):
@@ -284,7 +289,6 @@ class FramesSpec(_Model):
             return self
         from pose_sources.openpose_detector import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
 
-        from .inputs import weights_files_problem
 
         names = [BODY_WEIGHTS] + [HAND_WEIGHTS] * poses.hands + [FACE_WEIGHTS] * poses.face
         if (problem := weights_files_problem(poses.detector_dir, names)):
@@ -353,7 +357,6 @@ def _check_lora_file(value: str) -> None:
     from masactrl_engine import EngineInputError
     from masactrl_engine.loading import lora_file
 
-    from .inputs import safetensors_problem
 
     try:
         path = lora_file(value, field="path")  # the folder's pytorch_lora_weights.safetensors, ...
@@ -435,7 +438,7 @@ class RenderSettings(_Model):
     """Sampler and MasaCtrl settings shared by every frame: everything here changes pixels.
 
     Field names follow ``masactrl_engine.ControlConfig`` (``steps`` is its ``num_steps``), and
-    the engine's config is derived from this model mechanically (``flows.plan.control_config``).
+    the engine's config is derived from this model mechanically (``flows.job.plan.control_config``).
     """
 
     model_config = ConfigDict(title="Render settings")
@@ -540,7 +543,7 @@ class ExecutionSpec(_Model):
     batch_size: int = Field(4, ge=1, le=64, strict=True,
                             description="Frames per UNet batch inside a render task (lower it on small GPUs).")
 
-    # The runners themselves are described once, in flows/runners.py (RunnerSettings).
+    # The runners themselves are described once, in flows/job/runner_settings.py (RunnerSettings).
     runner: Optional[Literal["threads", "dask"]] = Field(
         None, description=_RUNNER_FIELDS["kind"].description + " Empty: the deployment's default "
         "($MASACTRL_RUNNER / $MASACTRL_DASK_ADDRESS), else threads.",
@@ -585,7 +588,6 @@ class QualitySpec(_Model):
             # Loaded only after the frames are rendered: a missing or broken file must fail now.
             from pose_sources.openpose_detector import BODY_WEIGHTS
 
-            from .inputs import weights_files_problem
 
             if (problem := weights_files_problem(self.detector_dir, [BODY_WEIGHTS])):
                 raise ValueError(f"quality.detector_dir: {problem}; put the OpenPose weights from "
@@ -594,7 +596,7 @@ class QualitySpec(_Model):
 
 
 class SweepSection(_Model):
-    """A grid of settings for ``masactrl-animate sweep`` (flows/sweep_flow.py). The ``animate``
+    """A grid of settings for ``masactrl-animate sweep`` (flows/sweep.py). The ``animate``
     flow ignores it (it renders the job's own settings), so one job file serves both commands."""
 
     model_config = ConfigDict(title="Sweep")
@@ -612,8 +614,6 @@ class SweepSection(_Model):
     def _flat_form(cls, data: Any) -> Any:
         # A job file may write the settings right under `sweep:` (``sweep: {settings.start_step: [2, 4]}``
         # or nested ``sweep: {settings: {start_step: [2, 4]}}``) beside `frames`; they belong to `grid`.
-        from .sweep import SweepError, _flatten
-
         if not isinstance(data, dict):
             return data
         rest = {k: v for k, v in data.items() if k not in ("grid", "frames")}
@@ -621,27 +621,18 @@ class SweepSection(_Model):
         if not isinstance(grid, dict):
             return data  # the field's own type error names sweep.grid
         try:
-            flat = {**_flatten(rest), **_flatten(grid)}
+            flat = {**flatten(rest), **flatten(grid)}
         except SweepError as exc:
             raise ValueError(str(exc)) from None
         return {"grid": flat, **({"frames": data["frames"]} if "frames" in data else {})}
 
     @model_validator(mode="after")
-    def _valid_grid(self):
-        from .sweep import SweepError, _frame_list, parse_sweep
-
-        # An empty grid is allowed: the command line may give the axes (--grid).
+    def _valid_frames(self):
+        # The axes are typed by the whole job model, in AnimationJob._typed_sweep.
         try:
-            if self.grid:
-                spec = parse_sweep({**self.grid, "frames": self.frames})
-                grid, frames = {a.key: a.values for a in spec.axes}, spec.frames
-            else:
-                grid, frames = {}, _frame_list(self.frames)
+            object.__setattr__(self, "frames", frame_list(self.frames))
         except SweepError as exc:
             raise ValueError(str(exc)) from None
-        # Stored typed and flat (dotted keys), as the sweep reads them.
-        object.__setattr__(self, "grid", grid)
-        object.__setattr__(self, "frames", frames)
         return self
 
 
@@ -711,6 +702,20 @@ class AnimationJob(_Model):
                             f"source.subject: {word!r} does not occur in frames.prompts[{i}] {prompt!r}; every frame "
                             "prompt must name the subject (or clear source.subject)"
                         )
+        return self
+
+    @model_validator(mode="after")
+    def _typed_sweep(self):
+        # An empty grid is allowed: the command line may give the axes (--grid). The axes are
+        # typed and bounded by this model's own fields, stored flat (dotted keys) as sweeps read them.
+        if self.sweep is None or not self.sweep.grid:
+            return self
+        try:
+            spec = parse_axes({**self.sweep.grid, "frames": self.sweep.frames}, (), type(self))
+        except SweepError as exc:
+            raise ValueError(str(exc)) from None
+        object.__setattr__(self.sweep, "grid", {a.key: a.values for a in spec.axes})
+        object.__setattr__(self.sweep, "frames", spec.frames)
         return self
 
     @property

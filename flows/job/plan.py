@@ -18,11 +18,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from . import frames_io, stale_files
-from .job import AnimationJob, JobInputError, ModelSpec, NotHashed, RenderSettings, pixel_dump
-from .models import model_configs, model_identity, resolve_model
+from pose_sources.load import centre_crop
+
+from flows.job.checkpoints import model_configs, model_identity, resolve_model
+from flows.job.model import AnimationJob, JobInputError, ModelSpec, NotHashed, RenderSettings, pixel_dump
+from flows.jobdir import frames_io, stale_files
 
 # Bump when the meaning of a job folder changes (file names, hashing), so old folders are not reused.
 PLAN_FORMAT = 2
@@ -31,6 +34,17 @@ PLAN_FORMAT = 2
 # are not engine settings but the canvas that ``invert``/``render`` are called with.
 ENGINE_NAMES = {"steps": "num_steps"}
 CANVAS_FIELDS = ("width", "height")
+
+
+def fit_source(image: Image.Image, width: int, height: int, fit: str = "crop") -> Image.Image:
+    """'crop': the centre of ``image`` with the aspect ratio of width x height (the engine then
+    resizes it without distortion); 'stretch': the image unchanged (the engine stretches it)."""
+    if fit == "stretch":
+        return image
+    if fit != "crop":
+        raise ValueError(f"source.fit: {fit!r} is not 'crop' or 'stretch'")
+    # The same crop pose_sources uses to find the subject for `retarget: source`.
+    return centre_crop(image, (width, height))
 
 
 def _digest(obj) -> str:
@@ -221,7 +235,6 @@ def resolve_pose_maps(job: AnimationJob) -> Optional[tuple[list, list]]:
                                 "give source.image, or set frames.poses.retarget: none in synthesis mode")
         from PIL import Image
 
-        from .rendering import fit_source
 
         with Image.open(job.source.image) as image:  # the same crop the inversion sees, at full resolution
             source = fit_source(image.convert("RGB"), size[0], size[1], job.source.fit)

@@ -20,10 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .job import ModelSpec
-from .models import lora_digests, resolve_controlnet, resolve_model
+from flows.job.checkpoints import lora_digests, resolve_controlnet, resolve_model
+from flows.job.model import ModelSpec
 
-log = logging.getLogger("flows.worker_cache")
+log = logging.getLogger("flows.execution.worker_cache")
 
 MAX_PIPELINES = int(os.environ.get("MASACTRL_MAX_PIPELINES", "2"))
 BUDGET_ENV = "MASACTRL_ENGINE_CACHE_BYTES"

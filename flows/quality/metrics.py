@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import frames_io
+from flows.jobdir import frames_io
 
 METRICS_FILE = "metrics.json"
 METRICS_VERSION = 1

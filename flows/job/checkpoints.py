@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .frames_io import folder_lock
-from .job import TINY, TINY_MODELS, ModelSpec
+from flows.job.model import TINY, TINY_MODELS, ModelSpec
+from flows.jobdir.frames_io import folder_lock
 
 TINY_SEED = 0
 TINY_NOTE = ("model {name!r} has random weights: its frames are noise by design (it exists for tests and demos); "

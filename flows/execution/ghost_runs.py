@@ -10,7 +10,7 @@ Two records make the next run of the same job able to clean up at once:
 * ``running.json`` in the job folder (:func:`running`): who renders this job (flow run id, pid,
   the process's start time, host), written when rendering starts and removed when it ends.
 * one small file per GPU lease in a host-local folder (:func:`lease_record`, written by
-  :func:`flows.concurrency.gpu_slot`): lease id, limit, pid, host, flow run and task run. Prefect
+  :func:`flows.execution.gpu_claims.gpu_slot`): lease id, limit, pid, host, flow run and task run. Prefect
   3.9 keeps leases in the server's lease storage (in memory by default) and its API offers no way
   to list the leases of a global limit or their holders, so the lease id is known only to the
   process that took it; this record is how a later run attributes a lease to a dead run.
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 from uuid import UUID
 
-from . import frames_io
+from flows.jobdir import frames_io
 
 log = logging.getLogger(__name__)
 

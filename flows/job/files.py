@@ -18,7 +18,10 @@ from typing import Any, Iterable, Optional
 import yaml
 from pydantic import ValidationError
 
-from .job import POSE_FIELDS, AnimationJob
+from flows.job.model import POSE_FIELDS, AnimationJob
+from flows.job.plan import plan_job
+from flows.jobdir.frames_io import RESULT_FILE
+from flows.jobdir.manifest import all_verified
 
 JOB_SUFFIXES = (".yaml", ".yml", ".json")
 # Fields of each pose spec kind (pose_sources.spec) that hold input paths.
@@ -302,9 +305,6 @@ def job_files(folder: str | Path) -> list[Path]:
 
 def finished_result(job: AnimationJob) -> Optional[Path]:
     """The result.json of the job's folder when the job already finished (outputs still on disk)."""
-    from .frames_io import RESULT_FILE
-    from .plan import plan_job
-
     plan = plan_job(job, write=False)
     result = Path(plan.job_dir) / RESULT_FILE
     if not result.is_file():
@@ -317,7 +317,6 @@ def finished_result(job: AnimationJob) -> Optional[Path]:
     if not all(Path(p).exists() for p in paths):
         return None
     # A frame that no longer matches its digest (cut, overwritten) means the job must run again.
-    from .frame_manifest import all_verified
 
     return result if all_verified(doc.get("frames", [])) else None
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import GifImagePlugin, Image
 
-from .frames_io import atomic_write, load_rgb, save_png_atomic
+from flows.jobdir.frames_io import atomic_write, load_rgb, save_png_atomic
+from flows.jobdir.manifest import load_verified_frame
 
 
 def gif_frame_duration_ms(fps: float) -> int:
@@ -132,13 +133,11 @@ def stitch_outputs(
 ) -> dict[str, str]:
     """Everything a finished job shows: returns {"gif", "mp4", "contact_sheet", "side_by_side_gif", ...}: path.
 
-    ``verify_frames``: load every frame through the frame manifest (``flows.frame_manifest``), so
+    ``verify_frames``: load every frame through the frame manifest (``flows.jobdir.manifest``), so
     a frame that does not match its digest stops the stitch with an error naming the file, before
     anything is written. The flow always stitches this way; plain PNGs without digests need False.
     """
     if verify_frames:
-        from .frame_manifest import load_verified_frame
-
         frames = [load_verified_frame(p) for p in frame_paths]
     else:
         frames = [load_rgb(p) for p in frame_paths]

@@ -20,9 +20,9 @@ import re
 import time
 from pathlib import Path
 
-from . import frames_io
+from flows.jobdir import frames_io
 
-log = logging.getLogger("flows.stale_files")
+log = logging.getLogger("flows.jobdir.stale_files")
 
 # ".<stem>.<token>.tmp<.suffix>": tempfile.mkstemp's 8 characters or a hex token.
 TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<token>[A-Za-z0-9_]{6,32})\.tmp(?P<suffix>\.[A-Za-z0-9]{1,8})?$")

@@ -17,13 +17,13 @@ from typing import Callable, Optional
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from pose_sources.load import centre_crop
+from flows.execution import worker_cache
+from flows.job.checks import to_rgb8
+from flows.job.plan import ChunkRequest, FramePlan, InversionRequest, control_config, fit_source
+from flows.jobdir import frames_io, manifest as frame_manifest
+from flows.jobdir.manifest import unverified_frames
 
-from . import frame_manifest, frames_io, worker_cache
-from .inputs import to_rgb8
-from .plan import ChunkRequest, FramePlan, InversionRequest, control_config
-
-log = logging.getLogger("flows.rendering")
+log = logging.getLogger("flows.execution.rendering")
 SOURCE_DECODE_FILE = "source_decode.png"
 
 
@@ -64,17 +64,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and (
         "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
     )
-
-
-def fit_source(image: Image.Image, width: int, height: int, fit: str = "crop") -> Image.Image:
-    """'crop': the centre of ``image`` with the aspect ratio of width x height (the engine then
-    resizes it without distortion); 'stretch': the image unchanged (the engine stretches it)."""
-    if fit == "stretch":
-        return image
-    if fit != "crop":
-        raise ValueError(f"source.fit: {fit!r} is not 'crop' or 'stretch'")
-    # The same crop pose_sources uses to find the subject for `retarget: source`.
-    return centre_crop(image, (width, height))
 
 
 def load_inversion(folder: str | Path, device=None, logger: logging.Logger | None = None):
@@ -155,7 +144,7 @@ def render_chunk_frames(
     """
     logger = logger or log
     t0 = time.perf_counter()
-    todo_idx = set(frames_io.missing_frames(chunk.job_dir, [f.index for f in chunk.frames], chunk.size))
+    todo_idx = set(unverified_frames(chunk.job_dir, [f.index for f in chunk.frames], chunk.size))
     todo = [f for f in chunk.frames if f.index in todo_idx]
     report = ChunkReport(index=chunk.index, skipped=[f.index for f in chunk.frames if f.index not in todo_idx])
     if not todo:

@@ -406,7 +406,7 @@ def default_root() -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.media", description="Serve the output root read-only.")
+    parser = argparse.ArgumentParser(prog="python -m flows.ui.media", description="Serve the output root read-only.")
     add_media_arguments(parser)
     args = parser.parse_args(argv)
     serve_media_forever(args.root or default_root(), args.host, args.port)

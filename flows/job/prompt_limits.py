@@ -27,7 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from .job import TINY_MODELS
+from flows.job.checkpoints import tiny_checkpoint_dir
+from flows.job.model import TINY_MODELS
 
 DEFAULT_LIMIT = 77
 
@@ -45,8 +46,6 @@ def tokenizer_folder(model: Optional[str]) -> Optional[Path]:
     if not model:
         return None
     if model in TINY_MODELS:
-        from .models import tiny_checkpoint_dir
-
         folder = tiny_checkpoint_dir(model) / "tokenizer"
     elif Path(model).expanduser().is_dir():
         folder = Path(model).expanduser() / "tokenizer"

@@ -15,7 +15,6 @@ from typing import Optional
 from uuid import UUID
 
 from prefect import flow
-from prefect.states import Failed
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
@@ -23,18 +22,25 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
+from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
-from . import frames_io, progress, runlogs, stale_files
-from .artifacts import artifact_key, progress_description, progress_percent, publish_outputs
-from .job import AnimationJob, describe_validation_error
-from .models import TINY_NOTE, is_tiny
-from .plan import ChunkRequest, JobPlan
-from .rendering import ChunkReport
-from .concurrency import claim_gpu
-from .runners import make_task_runner, runner_settings_for
-from .tasks import invert_source, measure, render_chunk, resolve_job, stitch
+from flows.execution.ghost_runs import clean_up_ghost, running
+from flows.execution.gpu_claims import claim_gpu
+from flows.execution.rendering import ChunkReport
+from flows.execution.runners import make_task_runner, runner_settings_for
+from flows.job.checkpoints import TINY_NOTE, is_tiny
+from flows.job.model import AnimationJob, describe_validation_error
+from flows.job.plan import ChunkRequest, JobPlan
+from flows.job.preflight import run_problems
+from flows.job.prompt_limits import check_prompts
+from flows.jobdir import frames_io, stale_files
+from flows.jobdir.manifest import unverified_frames
+from flows.quality import metrics as quality
+from flows.tasks import invert_source, measure, render_chunk, resolve_job, stitch
+from flows.ui import progress, runlogs
+from flows.ui.artifacts import artifact_key, job_hash_of_key, progress_description, progress_percent, publish_outputs
 
 
 class AnimationResult(BaseModel):
@@ -63,7 +69,7 @@ class AnimationResult(BaseModel):
 
 def task_runner_for(job: AnimationJob) -> TaskRunner:
     """The task runner of the job's render tasks; the single place where runners are chosen
-    (``flows/runners.py``: a bounded thread pool, or Dask on a local cluster / a scheduler)."""
+    (``flows/execution/runners.py``: a bounded thread pool, or Dask on a local cluster / a scheduler)."""
     return make_task_runner(runner_settings_for(job.execution))
 
 
@@ -90,9 +96,10 @@ class ChunkFailed(RuntimeError):
 def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUID] = None,
                   job_name: Optional[str] = None) -> list[ChunkReport]:
     """Fan the chunks out to the task runner; report progress as they finish."""
+    runlogs.prepare_run_logs()
     logger = get_run_logger()
     total = sum(len(c.frames) for c in chunks)
-    done = sum(len(c.frames) - len(frames_io.missing_frames(c.job_dir, [f.index for f in c.frames], c.size))
+    done = sum(len(c.frames) - len(unverified_frames(c.job_dir, [f.index for f in c.frames], c.size))
                for c in chunks)
     logger.info("Rendering %d frames in %d chunk(s); %d already on disk", total, len(chunks), done)
     with claim_gpu():  # under Dask: each chunk needs a worker's GPU resource, one at a time
@@ -130,7 +137,6 @@ def mark_progress_cancelled(flow, flow_run, state) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
 
-    from .artifacts import job_hash_of_key
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -142,16 +148,10 @@ def mark_progress_cancelled(flow, flow_run, state) -> None:
             "to resume"))
 
 
-runlogs.install()  # no engine traceback in the log of a run that returned Failed (B.2)
-
-
 def checked_job(job, logger):
     """The job validated on the worker, or a Failed state whose message says what is wrong (shown
     on the run page instead of a traceback): the model's rules, then what only the worker can check
     (input/output roots, its devices and scheduler, the text encoder's token limit)."""
-    from .inputs import run_problems
-    from .prompt_limits import check_prompts
-
     try:
         job = AnimationJob.model_validate(job.model_dump() if isinstance(job, AnimationJob) else job)
     except ValidationError as exc:
@@ -174,6 +174,7 @@ def checked_job(job, logger):
       validate_parameters=False, on_cancellation=[mark_progress_cancelled])
 def animate(job: AnimationJob) -> AnimationResult:
     """Render a consistent animation of the source picture's subject (MasaCtrl + ControlNet OpenPose)."""
+    runlogs.prepare_run_logs()
     logger = get_run_logger()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -197,8 +198,7 @@ def animate(job: AnimationJob) -> AnimationResult:
 
     with frames_io.folder_lock(Path(plan.job_dir)):  # an identical run waits, then reuses these frames
         # A run of this job killed hard (kill -9) left running.json: crash it in the API and free its
-        # GPU slot now rather than when its lease expires (flows/ghost_runs.py).
-        from .ghost_runs import clean_up_ghost, running
+        # GPU slot now rather than when its lease expires (flows/execution/ghost_runs.py).
 
         stale_files.remove_abandoned_temp_files(plan.job_dir)  # an encoder killed mid-MP4, a half-written frame
         me = flow_run_id()
@@ -274,9 +274,6 @@ def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, note
 def _measured(job: AnimationJob, plan: JobPlan, result: AnimationResult) -> AnimationResult:
     """Metrics of the finished frames. They describe the result, they are not the result: a
     metric that fails is logged and noted, the job stays complete."""
-    from . import quality
-    from .artifacts import artifact_key
-
     logger = get_run_logger()
     detector_dir = str(job.quality.detector_dir) if job.quality.detector_dir else None
     state = measure(plan.job_dir, job.quality.detector, detector_dir, return_state=True)
@@ -299,7 +296,7 @@ def _measured(job: AnimationJob, plan: JobPlan, result: AnimationResult) -> Anim
 
 
 def _frames_done(plan: JobPlan) -> int:
-    return len(plan.frames) - len(frames_io.missing_frames(plan.job_dir, [f.index for f in plan.frames], plan.size))
+    return len(plan.frames) - len(unverified_frames(plan.job_dir, [f.index for f in plan.frames], plan.size))
 
 
 def _publish(result: AnimationResult, plan: JobPlan, reports: list[ChunkReport], progress_id: UUID,

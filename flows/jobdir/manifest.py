@@ -30,9 +30,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import frames_io
+from flows.jobdir import frames_io
 
-log = logging.getLogger("flows.frame_manifest")
+log = logging.getLogger("flows.jobdir.manifest")
 
 DIGEST_SUFFIX = ".sha256"
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")

@@ -1,0 +1,2 @@
+"""What people see: Prefect artifacts, progress, run logs, and the read-only media server (which
+imports no Prefect)."""
