@@ -1,4 +1,4 @@
-"""What the quality metrics cost (flows/quality/metrics.py), next to one UNet sample of the model.
+"""What the quality metrics cost (flows/quality/), next to one UNet sample of the model.
 
     python -m benchmarks.metrics --threads 1            # 16 frames of 512², SD 1.5-sized UNet
     python -m benchmarks.metrics --quick                # CI size: 4 frames of 128², the tiny UNet
@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
 
-    from flows.quality import metrics as quality
+    from flows import quality
 
     frames = make_frames(args.frames, args.size)
     h, w = frames[0].shape[:2]

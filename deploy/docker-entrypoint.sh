@@ -72,7 +72,7 @@ case "$role" in
         else
             run prefect work-pool create "$POOL" --type "$POOL_TYPE"
         fi
-        run python -c "import sys; from flows.concurrency import ensure_gpu_limit; print('GPU limit', ensure_gpu_limit(None, int(sys.argv[1])), '=', sys.argv[1])" "${MASACTRL_GPU_LIMIT:-1}"
+        run python -c "import sys; from flows.execution.gpu_claims import ensure_gpu_limit; print('GPU limit', ensure_gpu_limit(None, int(sys.argv[1])), '=', sys.argv[1])" "${MASACTRL_GPU_LIMIT:-1}"
         deploy_file="${MASACTRL_DEPLOY_FILE:-deploy/prefect.yaml}"
         target="${MASACTRL_DEPLOY_TARGET:-local}"
         if [ "$target" != "local" ]; then
@@ -89,7 +89,7 @@ case "$role" in
         ;;
     dask-worker)
         : "${DASK_SCHEDULER_ADDRESS:?dask-worker needs DASK_SCHEDULER_ADDRESS, e.g. tcp://dask-scheduler:8786}"
-        # GPU=1 per worker process: a worker never runs two frame chunks at once (flows/runners.py).
+        # GPU=1 per worker process: a worker never runs two frame chunks at once (flows/execution/runners.py).
         if [ "${DASK_WORKER_CPU_ONLY:-0}" != "1" ] && has_dask_cuda && has_gpu; then
             run_exec dask cuda worker "$DASK_SCHEDULER_ADDRESS" --nthreads "${DASK_WORKER_THREADS:-1}" \
                 --resources "GPU=1" --name "${DASK_WORKER_NAME:-$(hostname)}" "$@"

@@ -9,9 +9,10 @@ The render tasks run in a subflow so that the job chooses their task runner
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 from uuid import UUID
 
 from prefect import flow
@@ -26,18 +27,19 @@ from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, ValidationError
 
+from flows import quality
 from flows.execution.ghost_runs import clean_up_ghost, running
 from flows.execution.gpu_claims import claim_gpu
 from flows.execution.rendering import ChunkReport
 from flows.execution.runners import make_task_runner, runner_settings_for
 from flows.job.checkpoints import TINY_NOTE, is_tiny
-from flows.job.model import AnimationJob, describe_validation_error
+from flows.job.model import AnimationJob, InvalidJob
 from flows.job.plan import ChunkRequest, JobPlan
 from flows.job.preflight import run_problems
 from flows.job.prompt_limits import check_prompts
 from flows.jobdir import frames_io, stale_files
+from flows.jobdir.layout import JobFolder
 from flows.jobdir.manifest import unverified_frames
-from flows.quality import metrics as quality
 from flows.tasks import invert_source, measure, render_chunk, resolve_job, stitch
 from flows.ui import progress, runlogs
 from flows.ui.artifacts import artifact_key, job_hash_of_key, progress_description, progress_percent, publish_outputs
@@ -148,23 +150,38 @@ def mark_progress_cancelled(flow, flow_run, state) -> None:
             "to resume"))
 
 
-def checked_job(job, logger):
-    """The job validated on the worker, or a Failed state whose message says what is wrong (shown
-    on the run page instead of a traceback): the model's rules, then what only the worker can check
-    (input/output roots, its devices and scheduler, the text encoder's token limit)."""
+def checked_job(job, logger) -> AnimationJob:
+    """The job validated on the worker: the model's rules, then what only the worker can check
+    (input/output roots, its devices and scheduler, the text encoder's token limit). Raises
+    InvalidJob naming each problem; a flow wrapped in :func:`fails_invalid_job` ends Failed with it."""
     try:
         job = AnimationJob.model_validate(job.model_dump() if isinstance(job, AnimationJob) else job)
     except ValidationError as exc:
-        problems = describe_validation_error(exc)
-    else:
-        problems = [f"{field}: {text}" for field, text in run_problems(job)]
+        raise InvalidJob.from_validation_error(exc) from None
+    problems = run_problems(job)
     if problems:
-        message = "Invalid job: " + "; ".join(problems)
-        logger.error(message)
-        return Failed(message=message)
+        raise InvalidJob(problems)
     for field, text in check_prompts(job).warnings:
         logger.warning("%s: %s", field, text)
     return job
+
+
+def fails_invalid_job(fn: Callable) -> Callable:
+    """Wraps a flow's function (under ``@flow``): a job it refuses (InvalidJob, from
+    :func:`checked_job`) ends the run Failed with "Invalid job: <problems>" as its state message,
+    logged once, shown on the run page instead of a traceback (flows/ui/runlogs.py drops the
+    engine's). The one place where a refused job becomes a failed state."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InvalidJob as exc:
+            message = f"Invalid job: {exc}"
+            get_run_logger().error(message)
+            return Failed(message=message)
+
+    return run
 
 
 # validate_parameters=False: the job is validated first thing in the body instead, so that an
@@ -172,6 +189,7 @@ def checked_job(job, logger):
 # rather than a traceback.
 @flow(name="animate", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json",
       validate_parameters=False, on_cancellation=[mark_progress_cancelled])
+@fails_invalid_job
 def animate(job: AnimationJob) -> AnimationResult:
     """Render a consistent animation of the source picture's subject (MasaCtrl + ControlNet OpenPose)."""
     runlogs.prepare_run_logs()
@@ -179,8 +197,6 @@ def animate(job: AnimationJob) -> AnimationResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     job = checked_job(job, logger)
-    if not isinstance(job, AnimationJob):
-        return job  # a Failed state with the validation message
     notes = [TINY_NOTE.format(name=job.model.model)] if is_tiny(job.model) else []
     if job.sweep is not None:
         # One job file serves both commands: a run renders the job's own settings (e.g. with the
@@ -263,7 +279,7 @@ def _render_and_stitch(job: AnimationJob, plan: JobPlan, progress_id: UUID, note
         notes=notes,
     )
     _publish(result, plan, reports, progress_id, job.name)
-    frames_io.write_json_atomic(Path(plan.job_dir) / frames_io.RESULT_FILE, result.model_dump(mode="json"))
+    frames_io.write_json_atomic(JobFolder(plan.job_dir).result, result.model_dump(mode="json"))
     if job.quality.metrics:
         result = _measured(job, plan, result)
     logger.info("Done: %d frames (%d rendered) in %.1f s -> %s", result.frame_count, rendered, timings["total"],
@@ -289,9 +305,9 @@ def _measured(job: AnimationJob, plan: JobPlan, result: AnimationResult) -> Anim
             table=[row.model_dump() for row in metrics.frames],
             description=line,
         )
-        result = result.model_copy(update={"metrics": str(Path(plan.job_dir) / quality.METRICS_FILE),
+        result = result.model_copy(update={"metrics": str(JobFolder(plan.job_dir).metrics),
                                            "metrics_summary": line})
-    frames_io.write_json_atomic(Path(plan.job_dir) / frames_io.RESULT_FILE, result.model_dump(mode="json"))
+    frames_io.write_json_atomic(JobFolder(plan.job_dir).result, result.model_dump(mode="json"))
     return result
 
 

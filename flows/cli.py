@@ -21,28 +21,35 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pydantic import ValidationError
+
+from flows import deployments
 from flows.animation import AnimationResult, animate
 from flows.demo import run_demo
-from flows.deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON, serve_deployments
-from flows.execution.gpu_claims import ensure_gpu_limit
-from flows.job.checks import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV
+from flows.deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON
+from flows.execution import gpu_claims
+from flows.job.checks import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV, ImageProblem, open_image
 from flows.job.files import JobFileError, load_job
-from flows.job.model import AnimationJob, JobInputError, describe_validation_error
+from flows.job.model import AnimationJob, InvalidJob, JobInputError, problem_lines
 from flows.job.plan import plan_job
 from flows.job.preflight import confinement_problems, environment_problems
 from flows.job.prompt_limits import check_prompts
-from flows.jobdir.frames_io import RESULT_FILE, folder_lock
-from flows.quality.metrics import NotAFinishedJob, compute_job_metrics, summary_line, write_metrics
+from flows.jobdir.frames_io import folder_lock
+from flows.jobdir.layout import JobFolder
+from flows.quality.job_folder import NotAFinishedJob
+from flows.quality.measure import compute_job_metrics
+from flows.quality.report import summary_line, write_metrics
 from flows.sweep import prepare_sweep, sweep
 from flows.sweeps.grid import CRITERIA, SweepError, parse_grid
 from flows.ui import media
+from flows.ui.artifacts import job_hash_of_key
 from flows.ui.media import DEFAULT_PORT as DEFAULT_MEDIA_PORT, add_media_arguments
 from flows.ui.progress import enable_terminal_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 # Prefect waits 20 s by default for its temporary (ephemeral) server; on a busy machine (load ~7 on
-# 2 cores, issue 17) that was too short and runs failed, while 120 s let the same runs pass.
+# 2 cores) that was too short and runs failed, while 120 s let the same runs pass.
 EPHEMERAL_STARTUP_TIMEOUT_S = 120
 EPHEMERAL_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 _EPHEMERAL_TIMEOUT_ERROR = "Timed out while attempting to connect to ephemeral Prefect API server"
@@ -141,44 +148,52 @@ def quiet_terminal(verbose: bool) -> None:
     warnings.showwarning = show_own
 
 
-def _print_invalid(source: str, exc: Exception) -> int:
-    from pydantic import ValidationError
+class CommandFailed(Exception):
+    """The command could not do its work: exit 1, its message printed as it is."""
 
 
+# What refuses a job (exit 2, printed field by field): the model's rules, the job file and its
+# overrides, the plan (counts, sizes, the source's pixels), the sweep grid, this machine.
+INVALID_JOB_ERRORS = (ValidationError, JobFileError, JobInputError, SweepError, InvalidJob)
+
+
+def _print_invalid(source: str, exc: Exception) -> None:
     print(f"{source}: invalid job", file=sys.stderr)
-    lines = describe_validation_error(exc) if isinstance(exc, ValidationError) else [str(exc)]
-    for line in lines:
+    for line in problem_lines(exc):
         print(f"  {line}", file=sys.stderr)
-    return EXIT_INVALID
 
 
-def _load(path: str, overrides: Sequence[str]):
-    """The validated job, or an exit code after printing what is wrong."""
-    from pydantic import ValidationError
-
-
+def _check_source_pixels(job) -> None:
+    """Decode the source picture once, before Prefect or a model starts. Validation reads its
+    header only, so this is where compressed data that does not decode (a PNG's zlib stream under
+    valid checksums, a JPEG cut short) is found, as an error of source.image."""
+    if job.source.image is None:
+        return
     try:
-        return load_job(path, overrides)
-    except (ValidationError, JobFileError, JobInputError) as exc:
-        return _print_invalid(path, exc)
+        open_image(job.source.image)
+    except ImageProblem as exc:
+        raise JobInputError("source.image", str(exc)) from None
 
 
-def _environment_invalid(source: str, job) -> Optional[int]:
-    """Exit 2 (after printing each problem with its field) when this machine cannot run ``job``:
-    output folder not writable, CUDA missing, Dask scheduler unreachable, hub model not cached
-    while offline. Cheap checks, done before Prefect or a model starts (C.4)."""
+def _check_environment(source: str, job) -> None:
+    """Raises InvalidJob when this machine cannot run ``job``: output folder not writable, CUDA
+    missing, Dask scheduler unreachable, hub model not cached while offline. Cheap checks, done
+    before Prefect or a model starts."""
     # Outside the roots: refused without probing those paths. The prompts against the text
-    # encoder's token limit (C.4/C.6): a subject word it never reads is an error, cut prompts warn.
+    # encoder's token limit: a subject word it never reads is an error, cut prompts warn.
     prompts = check_prompts(job)
     problems = (confinement_problems(job) or environment_problems(job)) + prompts.errors
-    if not problems:
-        for field, message in prompts.warnings:
-            print(f"{source}: warning: {field}: {message}", file=sys.stderr)
-        return None
-    print(f"{source}: invalid job", file=sys.stderr)
-    for field, message in problems:
-        print(f"  {field}: {message}", file=sys.stderr)
-    return EXIT_INVALID
+    if problems:
+        raise InvalidJob(problems)
+    for field, message in prompts.warnings:
+        print(f"{source}: warning: {field}: {message}", file=sys.stderr)
+
+
+def _check_runnable(source: str, job) -> None:
+    """After the plan (written nowhere): the source's pixels and this machine. With the plan, all
+    that can be checked without Prefect or a model, in seconds, before starting either."""
+    _check_source_pixels(job)
+    _check_environment(source, job)
 
 
 def _print_result(result, as_json: bool) -> None:
@@ -198,40 +213,25 @@ def _print_result(result, as_json: bool) -> None:
 
 
 def cmd_run(args) -> int:
-    job = _load(args.job, args.set)
-    if isinstance(job, int):
-        return job
-
-    try:  # everything that can be checked without Prefect or a model, in seconds, before starting either
-        plan_job(job, write=False)
-    except JobInputError as exc:
-        return _print_invalid(args.job, exc)
-    if (code := _environment_invalid(args.job, job)) is not None:
-        return code
+    job = load_job(args.job, args.set)
+    plan_job(job, write=False)
+    _check_runnable(args.job, job)
     enable_terminal_progress(not args.no_progress)
     start_temporary_server()
     state = animate(job, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, JobInputError):
-        return _print_invalid(args.job, result)
+        raise result  # the flow's plan step refused it: invalid, as if found here
     if not state.is_completed():
-        print(f"run failed: {result}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"run failed: {result}")
     _print_result(result, args.json)
     return EXIT_OK
 
 
 def cmd_validate(args) -> int:
-    job = _load(args.job, args.set)
-    if isinstance(job, int):
-        return job
-
-    try:
-        plan = plan_job(job, write=False)
-    except JobInputError as exc:
-        return _print_invalid(args.job, exc)
-    if (code := _environment_invalid(args.job, job)) is not None:
-        return code
+    job = load_job(args.job, args.set)
+    plan = plan_job(job, write=False)
+    _check_runnable(args.job, job)
     print(f"valid: {len(plan.frames)} frames -> {plan.job_dir}")
     return EXIT_OK
 
@@ -265,25 +265,17 @@ def _print_sweep(result, job_file: str, overrides: Sequence[str]) -> None:
 
 
 def cmd_sweep(args) -> int:
-    job = _load(args.job, args.set)
-    if isinstance(job, int):
-        return job
-
-    try:  # the grid, every cell and its plan, checked before Prefect or a model starts
-        grid = parse_grid(args.grid)
-        frames = _frame_indices(args.frames)
-        prepare_sweep(job, grid, frames, write=False)
-    except SweepError as exc:
-        return _print_invalid(args.job, exc)
-    if (code := _environment_invalid(args.job, job)) is not None:
-        return code
+    job = load_job(args.job, args.set)
+    grid = parse_grid(args.grid)
+    frames = _frame_indices(args.frames)
+    prepare_sweep(job, grid, frames, write=False)  # every cell validated and planned
+    _check_runnable(args.job, job)
     enable_terminal_progress(not args.no_progress)
     start_temporary_server()
     state = sweep(job, grid or None, frames, return_state=True)
     result = state.result(raise_on_failure=False)
     if not state.is_completed():
-        print(f"sweep failed: {state.message or result}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"sweep failed: {state.message or result}")
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -292,11 +284,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    try:
-        metrics = compute_job_metrics(args.job_dir, detector_kind=args.detector, detector_dir=args.detector_dir)
-    except NotAFinishedJob as exc:
-        print(f"metrics: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    metrics = compute_job_metrics(args.job_dir, detector_kind=args.detector, detector_dir=args.detector_dir)
     path = write_metrics(args.job_dir, metrics)
     print(metrics.model_dump_json(indent=2) if args.json else f"{summary_line(metrics)}\n-> {path}")
     return EXIT_OK
@@ -354,9 +342,10 @@ def cmd_serve(args) -> int:
             return EXIT_FAILED
     try:
         # Two jobs started at once must not overcommit a card: one slot per GPU of the pool.
-        name = ensure_gpu_limit(args.gpu_pool, args.gpus)
+        # Through their modules, looked up when called (tests replace them there).
+        name = gpu_claims.ensure_gpu_limit(args.gpu_pool, args.gpus)
         print(f"GPU concurrency limit {name!r}: {args.gpus} slot(s)")
-        serve_deployments(args.inbox, cron=cron, output_folder=args.output_folder, limit=args.limit)
+        deployments.serve_deployments(args.inbox, cron=cron, output_folder=args.output_folder, limit=args.limit)
     finally:
         if media is not None:
             media.stop()
@@ -387,8 +376,7 @@ def cmd_media(args) -> int:
     try:
         media.serve_media_forever(args.root or media.default_root(), args.host, args.port)
     except (OSError, ValueError) as exc:
-        print(f"media server: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"media server: {exc}") from None
     return EXIT_OK
 
 
@@ -458,26 +446,22 @@ def _result_of(run, job) -> Optional[object]:
     with get_client(sync_client=True) as client:
         progress = _progress_of(client, run.id)
     if progress and progress[1].startswith("progress-"):
-        # keys end with the job folder's name (flows/ui/artifacts.py artifact_key)
-        path = Path(job.output.folder).absolute() / progress[1].rsplit("-", 1)[-1] / RESULT_FILE
+        path = JobFolder.of(job.output.folder, job_hash_of_key(progress[1])).result
         if path.is_file():
             return AnimationResult.model_validate_json(path.read_text())
     return None
 
 
 def cmd_submit(args) -> int:
-    job = _load(args.job, args.set)
-    if isinstance(job, int):
-        return job
+    job = load_job(args.job, args.set)
     from prefect.deployments import run_deployment
 
     try:
         run = run_deployment(args.deployment, parameters={"job": job.model_dump(mode="json")}, timeout=0,
                              as_subflow=False)
     except Exception as exc:  # noqa: BLE001 - no server, no deployment, ...
-        print(f"could not submit to deployment {args.deployment!r}: {exc}\n"
-              "Is a Prefect server running (PREFECT_API_URL) and `masactrl-animate serve` started?", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"could not submit to deployment {args.deployment!r}: {exc}\n"
+                            "Is a Prefect server running (PREFECT_API_URL) and `masactrl-animate serve` started?") from None
     if args.no_wait:
         print(run.id)
         return EXIT_OK
@@ -485,11 +469,9 @@ def cmd_submit(args) -> int:
     try:
         final = watch_flow_run(run.id, timeout=args.timeout, show=not args.no_progress)
     except TimeoutError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(str(exc)) from None
     if not final.state.is_completed():
-        print(f"flow run {run.id} ended {final.state.name}: {final.state.message or ''}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"flow run {run.id} ended {final.state.name}: {final.state.message or ''}")
     result = _result_of(final, job)
     if result is None:
         print(f"flow run {run.id} completed; its result could not be read here", file=sys.stderr)
@@ -595,8 +577,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet_terminal(args.verbose)
     if args.command in PREFECT_COMMANDS:
         prefect_defaults()
+    # The one place where errors become exit codes: 2 the job (or job folder) is invalid, 1 failed.
     try:
         return int(args.func(args) or 0)
+    except INVALID_JOB_ERRORS as exc:
+        _print_invalid(getattr(args, "job", args.command), exc)
+        return EXIT_INVALID
+    except NotAFinishedJob as exc:
+        print(f"metrics: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except CommandFailed as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
     except RuntimeError as exc:
         message = ephemeral_timeout_message(args.command, exc)
         if message is None:

@@ -20,12 +20,17 @@ from pydantic import BaseModel, Field, ValidationError
 from flows.animation import animate
 from flows.job.checks import OUTPUT_ROOT_ENV
 from flows.job.files import JobFileError, finished_result, job_files, load_job
-from flows.job.model import JobInputError, describe_validation_error
+from flows.job.model import InvalidJob, JobInputError, problem_lines
 from flows.sweep import sweep
 
+# "flow name/deployment name", as `prefect deployment run` and `submit --deployment` take them.
 ANIMATE_DEPLOYMENT = "animate/animate"
 INBOX_DEPLOYMENT = "animate-inbox/animate-inbox"
 SWEEP_DEPLOYMENT = "sweep/sweep"
+
+
+def _name(deployment: str) -> str:
+    return deployment.partition("/")[2]
 DEFAULT_INBOX_CRON = "*/5 * * * *"
 TAGS = ["masactrl-animate"]
 
@@ -67,10 +72,8 @@ def animate_inbox(
             logger.info("%s: rendering", path.name)
             animate.with_options(flow_run_name=f"inbox-{path.stem}")(job)
             report.rendered.append(path.name)
-        except ValidationError as exc:
-            report.failed[path.name] = "; ".join(describe_validation_error(exc))
-        except (JobFileError, JobInputError) as exc:
-            report.failed[path.name] = str(exc)
+        except (ValidationError, JobFileError, JobInputError, InvalidJob) as exc:
+            report.failed[path.name] = "; ".join(problem_lines(exc))
         except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others
             report.failed[path.name] = f"{type(exc).__name__}: {exc}"
         if path.name in report.failed:
@@ -99,20 +102,20 @@ def build_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT
         inbox_params["output_folder"] = str(Path(output_folder).expanduser().absolute())
     return [
         animate.to_deployment(
-            name="animate",
+            name=_name(ANIMATE_DEPLOYMENT),
             description="Render one AnimationJob: source picture + prompts/poses -> frames, GIF, MP4.",
             tags=TAGS,
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),
         sweep.to_deployment(
-            name="sweep",
+            name=_name(SWEEP_DEPLOYMENT),
             description="Render a grid of settings (the job's sweep section, or the grid parameter) from one "
             "inversion and rank the cells by the quality metrics; the best cell as --set options.",
             tags=TAGS,
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),
         animate_inbox.to_deployment(
-            name="animate-inbox",
+            name=_name(INBOX_DEPLOYMENT),
             description="Render every job file in the inbox folder that has no finished output yet.",
             tags=TAGS,
             cron=cron or None,

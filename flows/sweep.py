@@ -1,9 +1,10 @@
 """The ``sweep`` flow: a grid of render settings from one inversion, ranked by the quality metrics.
 
-    plan every cell (errors before any work) -> invert-source once per distinct inversion
-    -> render-frames (the animate flow's subflow: render-chunk.map over every cell's chunks)
-    -> per cell: metrics + a small GIF -> grid.png, ranking (table artifact + ranking.json)
-    -> the best cell as a ready ``--set`` line for ``masactrl-animate run``
+    validate -> plan cells (errors before any work) -> invert-source once per distinct inversion
+    -> render cells (the animate flow's render-frames subflow: render-chunk.map over every cell's
+    chunks) -> measure cells (a small GIF + measure-cell) -> rank -> publish (grid.png,
+    ranking.json, sweep.json, table artifact) -> the best cell as a ready ``--set`` line for
+    ``masactrl-animate run``
 
 A cell is the job with the cell's settings (``sweep.apply_cell``); it renders only the selected
 frame indices, under their own indices, into the cell job's own folder (the folder a full run of
@@ -28,30 +29,38 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from PIL import Image
+from prefect import State, flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.animation import checked_job, render_frames, task_runner_for
+from flows import quality
+from flows.animation import checked_job, fails_invalid_job, render_frames, task_runner_for
 from flows.execution import rendering
 from flows.job.model import AnimationJob, JobInputError
 from flows.job.plan import ChunkRequest, JobPlan, plan_job
 from flows.job.sweep_axes import flatten
 from flows.jobdir import frames_io
+from flows.jobdir.layout import CELLS_DIR, GRID_FILE, RANKING_FILE, SWEEP_FILE, SweepFolder, folder_name
 from flows.jobdir.manifest import load_verified_frame, unverified_frames
 from flows.jobdir.stitch import write_gif
-from flows.quality import metrics as quality
-from flows.quality.metrics import summary_line
+from flows.quality.report import summary_line
 from flows.sweeps.grid import (
+    RankedCell,
     SweepCell,
     SweepError,
     SweepSpec,
@@ -68,11 +77,6 @@ from flows.tasks import invert_source
 from flows.ui import runlogs
 from flows.ui.artifacts import artifact_key, thumbnail_markdown
 
-SWEEPS_DIR = "sweeps"
-CELLS_DIR = "cells"
-GRID_FILE = "grid.png"
-RANKING_FILE = "ranking.json"
-SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = 1
 
 
@@ -98,10 +102,10 @@ class SweepPlan:
         return [str(frames_io.frame_path(self.cell_dir(cell), i)) for i in self.frame_indices]
 
     def gif_path(self, cell: SweepCell) -> Path:
-        return self.sweep_dir / CELLS_DIR / f"cell_{cell.index:02d}.gif"
+        return SweepFolder(self.sweep_dir).cell_gif(cell.index)
 
     def metrics_path(self, cell: SweepCell) -> Path:
-        return self.sweep_dir / CELLS_DIR / f"cell_{cell.index:02d}.metrics.json"
+        return SweepFolder(self.sweep_dir).cell_metrics(cell.index)
 
 
 def sweep_mapping(job: AnimationJob, grid: Optional[dict[str, Any]] = None,
@@ -151,21 +155,9 @@ def prepare_sweep(job: AnimationJob, grid: Optional[dict[str, Any]] = None, fram
         "cells": [[c.values, p.job_hash] for c, p in zip(cells, plans)],
         "frames": indices,
     }, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    sweep_dir = Path(job.output.folder).absolute() / SWEEPS_DIR / digest[:16]
+    sweep_dir = SweepFolder.of(job.output.folder, digest).path
     return SweepPlan(spec=spec, cells=cells, jobs=jobs, plans=plans, frame_indices=indices, sweep_hash=digest,
                      sweep_dir=sweep_dir)
-
-
-def cell_chunks(plan: JobPlan, indices: list[int], chunk_size: int, batch_size: int, inversion_dir: str,
-                first_index: int) -> list[ChunkRequest]:
-    """The chunks that render ``indices`` of one cell, numbered from ``first_index``. Built from
-    the plan's own chunk (so the anchor frame, the engine request and the folder are the full
-    job's), keeping the frames' own indices, so the files are those of a full run."""
-    (whole,) = plan.chunks(len(plan.frames), batch_size, inversion_dir)
-    wanted = set(indices)
-    picked = [f for f in plan.frames if f.index in wanted]
-    return [whole.model_copy(update={"index": first_index + k, "frames": picked[start : start + chunk_size]})
-            for k, start in enumerate(range(0, len(picked), chunk_size))]
 
 
 # --------------------------------------------------------------------------- results
@@ -204,50 +196,7 @@ class SweepResult(BaseModel):
     frames_rendered: int
     frames_skipped: int
     unet_calls: dict[str, int]
-    timings: dict[str, float]
     notes: list[str] = Field(default_factory=list)
-
-
-def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:
-    for k, v in more.items():
-        total[k] = total.get(k, 0) + int(v)
-
-
-@task(name="measure-cell", cache_policy=NO_CACHE)
-def measure_cell(job_dir: str, indices: list[int], inversion_dir: str, job_hash: str, out_path: str,
-                 detector: str = "mediapipe", detector_dir: Optional[str] = None):
-    """The metrics of one cell's frames, written to the sweep folder (not the cell's job folder)."""
-    metrics = quality.compute_frame_metrics(job_dir, indices, inversion_dir, job_hash=job_hash,
-                                            detector_kind=detector, detector_dir=detector_dir)
-    frames_io.write_json_atomic(out_path, json.loads(metrics.model_dump_json()))
-    return metrics
-
-
-def _cell_outputs(job: AnimationJob, sp: SweepPlan, cell: SweepCell, inversion_dir: str, logger):
-    """GIF and metrics of a complete cell: (gif path, metrics or None, note or None)."""
-    frames = [load_verified_frame(p) for p in sp.frame_paths(cell)]
-    gif = write_gif(frames, sp.gif_path(cell), job.output.fps, job.output.loop)
-    q = job.quality
-    state = measure_cell(sp.cell_dir(cell), sp.frame_indices, inversion_dir, sp.plans[cell.index].job_hash,
-                         str(sp.metrics_path(cell)), q.detector, str(q.detector_dir) if q.detector_dir else None,
-                         return_state=True)
-    if not state.is_completed():
-        note = f"cell {cell.label()}: metrics not measured ({state.message})"
-        logger.warning(note)
-        return str(gif), frames, None, note
-    return str(gif), frames, state.result(), None
-
-
-def _ranking_markdown(result: SweepResult, root: Path) -> str:
-    lines = [f"# Sweep {result.sweep_hash[:16]}", ""]
-    if result.grid:
-        lines += [thumbnail_markdown(result.grid, root, "sweep grid"), ""]
-    if result.best_set:
-        lines += ["Best cell, ready for `masactrl-animate run JOB`:", "", f"`{result.best_set}`", ""]
-    lines += [f"{len(result.cells)} cells x {len(result.frame_indices)} frames (indices "
-              f"{', '.join(map(str, result.frame_indices))}), {len(result.inversion_dirs)} inversion(s); "
-              f"{result.frames_rendered} frames rendered now, {result.frames_skipped} already on disk."]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the flow
@@ -256,6 +205,7 @@ def _ranking_markdown(result: SweepResult, root: Path) -> str:
 # validate_parameters=False, as for animate: an invalid job or grid fails the run with one message.
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json",
       validate_parameters=False)
+@fails_invalid_job
 def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
           frames: Optional[list[int]] = None) -> SweepResult:
     """Render a grid of settings from one inversion and rank the cells by the quality metrics.
@@ -269,151 +219,263 @@ def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
     """
     runlogs.prepare_run_logs()
     logger = get_run_logger()
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+
+    # 1. Validate the job as the animate flow does.
     job = checked_job(job, logger)
-    if not isinstance(job, AnimationJob):
-        return job  # a Failed state with the validation message
+
+    # 2. Plan every cell: the grid parsed, each cell's job planned, before any model is loaded.
+    sp = plan_cells(job, grid, frames)
+    if not isinstance(sp, SweepPlan):
+        return sp  # a Failed state naming the key, or the cell and its field
+
+    # 3. Invert the source once per inversion key (MasaCtrl settings do not enter it).
+    inversions = invert_cells(sp)
+
+    # 4. Render every cell's frames through the animate flow's render-frames subflow.
+    renders = render_cells(job, sp, inversions)
+
+    # 5. Measure each complete cell: its GIF and its metrics.
+    outputs = measure_cells(job, sp, inversions)
+
+    # 6. Rank the cells by their metrics.
+    ranking = rank(sp, outputs)
+
+    # 7. Publish: grid.png, ranking.json, sweep.json, the table and markdown artifacts.
+    grid_png = draw_grid(sp, outputs)
+    result = sweep_result(sp, inversions, renders, outputs, ranking, grid_png)
+    publish(job, result)
+
+    # 8. Finish: the result, or a Failed state naming the failed cells (a re-run resumes them).
+    return final_state(sp, result, renders.error)
+
+
+# --------------------------------------------------------------------------- 2. plan
+
+
+def plan_cells(job: AnimationJob, grid: Optional[dict[str, Any]], frames: Optional[list[int]]) -> SweepPlan | State:
+    """``prepare_sweep`` writing each cell's job folder; an invalid grid is a Failed state saying why."""
+    logger = get_run_logger()
     try:
         sp = prepare_sweep(job, grid, frames, write=True)
     except SweepError as exc:
         message = f"Invalid sweep: {exc}"
         logger.error(message)
         return Failed(message=message)
-    timings["plan"] = time.perf_counter() - t_start
-    cells, plans = sp.cells, sp.plans
-    key = sp.sweep_hash[:16]
-    logger.info("Sweep %s: %d cells (%s) x frames %s -> %s", key, len(cells),
+    logger.info("Sweep %s: %d cells (%s) x frames %s -> %s", folder_name(sp.sweep_hash), len(sp.cells),
                 " x ".join(f"{a.key}[{len(a.values)}]" for a in sp.spec.axes), sp.frame_indices, sp.sweep_dir)
-    notes: list[str] = []
+    return sp
 
-    # One inversion per distinct key (MasaCtrl settings do not enter it).
-    t = time.perf_counter()
-    unet_calls: dict[str, int] = {}
+
+# --------------------------------------------------------------------------- 3. invert
+
+
+def invert_cells(sp: SweepPlan) -> dict[str, rendering.InversionResult]:
+    """One invert-source task per distinct inversion key, in cell order; keyed by that key."""
     inversions: dict[str, rendering.InversionResult] = {}
-    for plan in plans:
+    for plan in sp.plans:
         if plan.inversion.key not in inversions:
             inversions[plan.inversion.key] = invert_source(plan.inversion)
-            _add_counts(unet_calls, inversions[plan.inversion.key].stats)
-    timings["invert"] = time.perf_counter() - t
-    inversion_dir = {c.index: inversions[plans[c.index].inversion.key].path for c in cells}
+    return inversions
 
-    # Every cell's chunks through the same fan-out; a folder shared by two cells is rendered once.
+
+# --------------------------------------------------------------------------- 4. render
+
+
+@dataclass
+class CellRenders:
+    """What rendering the cells did: the chunks sent, their reports, the error that stopped some
+    (the frames already written stay on disk), and a note for each cell that shares another's folder."""
+
+    chunks: list[ChunkRequest]
+    reports: list[rendering.ChunkReport]
+    error: Optional[BaseException]
+    notes: list[str]
+
+    @property
+    def frames_rendered(self) -> int:
+        return sum(len(r.rendered) for r in self.reports)
+
+    @property
+    def frames_skipped(self) -> int:
+        """Frames already on disk; 0 when rendering failed (no report came back)."""
+        return sum(len(c.frames) for c in self.chunks) - self.frames_rendered if self.error is None else 0
+
+
+def sweep_chunks(job: AnimationJob, sp: SweepPlan,
+                 inversions: dict[str, rendering.InversionResult]) -> tuple[list[ChunkRequest], list[str]]:
+    """Every cell's chunks of its sampled frames, numbered on across the cells, once per job folder:
+    cells whose swept setting changes nothing share a folder (and a note says so)."""
     chunks: list[ChunkRequest] = []
+    notes: list[str] = []
     owner: dict[str, SweepCell] = {}
-    for cell, plan in zip(cells, plans):
+    for cell, plan in zip(sp.cells, sp.plans):
         if plan.job_dir in owner:
             notes.append(f"cells {owner[plan.job_dir].label()} and {cell.label()} render the same frames "
                          "(the swept setting changes nothing here)")
             continue
         owner[plan.job_dir] = cell
-        chunks += cell_chunks(plan, sp.frame_indices, job.execution.chunk_size, job.execution.batch_size,
-                              inversion_dir[cell.index], len(chunks))
+        chunks += plan.chunks(job.execution.chunk_size, job.execution.batch_size,
+                              inversions[plan.inversion.key].path, indices=sp.frame_indices, first_index=len(chunks))
+    return chunks, notes
+
+
+def render_cells(job: AnimationJob, sp: SweepPlan, inversions: dict[str, rendering.InversionResult]) -> CellRenders:
+    """All cells' chunks through one render-frames fan-out, each cell folder locked meanwhile (an
+    identical job or sweep waits, then reuses the frames). A failed chunk does not stop the sweep:
+    the other cells' frames are on disk, and they are measured and ranked."""
+    logger = get_run_logger()
+    chunks, notes = sweep_chunks(job, sp, inversions)
+    key = folder_name(sp.sweep_hash)
     progress_id = create_progress_artifact(0.0, key=f"sweep-progress-{key}", description=f"Frames of sweep {key}")
-    t = time.perf_counter()
-    render_error: Optional[BaseException] = None
-    reports = []
-    with contextlib.ExitStack() as locks:  # an identical job or sweep waits, then reuses these frames
-        for folder in sorted(owner):
+    reports: list[rendering.ChunkReport] = []
+    error: Optional[BaseException] = None
+    with contextlib.ExitStack() as locks:
+        for folder in sorted({c.job_dir for c in chunks}):
             locks.enter_context(frames_io.folder_lock(Path(folder)))
         try:
             reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id)
         except Exception as exc:  # noqa: BLE001 - the other cells' frames are on disk: show them
-            render_error = exc
+            error = exc
             logger.error("Some sweep cells failed to render: %s", exc)
-    timings["render"] = time.perf_counter() - t
-    for r in reports:
-        _add_counts(unet_calls, r.stats)
-    rendered = sum(len(r.rendered) for r in reports)
-    total_frames = sum(len(c.frames) for c in chunks)
+    update_progress_artifact(progress_id, progress=100.0 if error is None else 0.0,
+                             description=f"Frames of sweep {key}: {'done' if error is None else 'incomplete'}")
+    return CellRenders(chunks=chunks, reports=reports, error=error, notes=notes)
 
-    # Per cell: GIF + metrics of a complete cell; the grid and the ranking over all cells.
-    t = time.perf_counter()
+
+# --------------------------------------------------------------------------- 5. measure
+
+
+class CellOutputs(NamedTuple):
+    """A complete cell's outputs in the sweep folder."""
+
+    gif: str
+    pictures: list[Image.Image]  # its frames, for grid.png
+    metrics: Optional[quality.JobMetrics]  # None: not measured (``note`` says why)
+    note: Optional[str]
+
+
+@task(name="measure-cell", cache_policy=NO_CACHE)
+def measure_cell(job_dir: str, indices: list[int], inversion_dir: str, job_hash: str, out_path: str,
+                 detector: str = "mediapipe", detector_dir: Optional[str] = None):
+    """The metrics of one cell's frames, written to the sweep folder (not the cell's job folder)."""
+    metrics = quality.compute_frame_metrics(job_dir, indices, inversion_dir, job_hash=job_hash,
+                                            detector_kind=detector, detector_dir=detector_dir)
+    frames_io.write_json_atomic(out_path, json.loads(metrics.model_dump_json()))
+    return metrics
+
+
+def measure_cells(job: AnimationJob, sp: SweepPlan,
+                  inversions: dict[str, rendering.InversionResult]) -> dict[int, Optional[CellOutputs]]:
+    """Cell index -> its outputs, or None for a cell whose frames are not all on disk (it failed)."""
     sp.sweep_dir.joinpath(CELLS_DIR).mkdir(parents=True, exist_ok=True)
-    cell_results: dict[int, SweepCellResult] = {}
-    cell_frames: dict[int, list] = {}
-    metrics: dict[int, Any] = {}
-    for cell, plan in zip(cells, plans):
-        res = SweepCellResult(index=cell.index, row=cell.row, column=cell.column, values=cell.values,
-                              set_line=cell.set_line, job_hash=plan.job_hash, job_dir=plan.job_dir)
-        if unverified_frames(plan.job_dir, sp.frame_indices, plan.size):
-            res.status = "failed"
-            metrics[cell.index] = None
-        else:
-            gif, pictures, m, note = _cell_outputs(job, sp, cell, inversion_dir[cell.index], logger)
+    return {cell.index: None if unverified_frames(plan.job_dir, sp.frame_indices, plan.size)
+            else _cell_outputs(job, sp, cell, inversions[plan.inversion.key].path)
+            for cell, plan in zip(sp.cells, sp.plans)}
 
-            res.frames, res.gif, cell_frames[cell.index] = sp.frame_paths(cell), gif, pictures
-            metrics[cell.index] = m
-            if m is not None:
-                res.metrics, res.metrics_summary = str(sp.metrics_path(cell)), summary_line(m)
-            if note:
-                notes.append(note)
-        cell_results[cell.index] = res
-    grid_path = None
-    if cell_frames:
-        grid = grid_image(cells, cell_frames)
-        grid_path = str(frames_io.save_png_atomic(grid.image, sp.sweep_dir / GRID_FILE))
-    ranked = rank_cells(cells, metrics)
-    table = ranking_table(ranked)
-    for r in ranked:
-        cell_results[r.cell.index].rank, cell_results[r.cell.index].score = r.rank, r.score
+
+def _cell_outputs(job: AnimationJob, sp: SweepPlan, cell: SweepCell, inversion_dir: str) -> CellOutputs:
+    """The GIF and the metrics of a complete cell; a metric that fails is a note, not a failed sweep."""
+    pictures = [load_verified_frame(p) for p in sp.frame_paths(cell)]
+    gif = write_gif(pictures, sp.gif_path(cell), job.output.fps, job.output.loop)
+    q = job.quality
+    state = measure_cell(sp.cell_dir(cell), sp.frame_indices, inversion_dir, sp.plans[cell.index].job_hash,
+                         str(sp.metrics_path(cell)), q.detector, str(q.detector_dir) if q.detector_dir else None,
+                         return_state=True)
+    if not state.is_completed():
+        note = f"cell {cell.label()}: metrics not measured ({state.message})"
+        get_run_logger().warning(note)
+        return CellOutputs(str(gif), pictures, None, note)
+    return CellOutputs(str(gif), pictures, state.result(), None)
+
+
+# --------------------------------------------------------------------------- 6. rank
+
+
+@dataclass
+class Ranking:
+    ranked: list[RankedCell]  # best first; cells without metrics last
+    table: list[dict[str, Any]]
+    best_cell: Optional[int]  # None when no cell has metrics (``note`` says so)
+    best_set: Optional[str]
+    note: Optional[str]
+
+
+def rank(sp: SweepPlan, outputs: dict[int, Optional[CellOutputs]]) -> Ranking:
+    """The cells ranked by their metrics (``rank_cells``), and the best one as a --set line."""
+    ranked = rank_cells(sp.cells, {i: None if out is None else out.metrics for i, out in outputs.items()})
     try:
-        best_set, best_cell = best_set_line(ranked), ranked[0].cell.index
+        best_set, best_cell, note = best_set_line(ranked), ranked[0].cell.index, None
     except SweepError as exc:
-        best_set, best_cell = None, None
-        notes.append(str(exc))
-    timings["measure"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
+        best_set, best_cell, note = None, None, str(exc)
+    return Ranking(ranked=ranked, table=ranking_table(ranked), best_cell=best_cell, best_set=best_set, note=note)
 
-    result = SweepResult(
+
+# --------------------------------------------------------------------------- 7. publish
+
+
+def draw_grid(sp: SweepPlan, outputs: dict[int, Optional[CellOutputs]]) -> Optional[str]:
+    """grid.png: the complete cells' frames, the settings written on the axes; None when no cell is complete."""
+    pictures = {i: out.pictures for i, out in outputs.items() if out is not None}
+    if not pictures:
+        return None
+    return str(frames_io.save_png_atomic(grid_image(sp.cells, pictures).image, sp.sweep_dir / GRID_FILE))
+
+
+def sweep_result(sp: SweepPlan, inversions: dict[str, rendering.InversionResult], renders: CellRenders,
+                 outputs: dict[int, Optional[CellOutputs]], ranking: Ranking, grid: Optional[str]) -> SweepResult:
+    """Every phase's outcome in one result; the UNet calls are this run's (inversions + chunks)."""
+    placed = {r.cell.index: r for r in ranking.ranked}
+    unet_calls: Counter[str] = Counter()
+    for stats in [*(inv.stats for inv in inversions.values()), *(r.stats for r in renders.reports)]:
+        unet_calls.update(stats)
+    notes = [*renders.notes, *(out.note for out in outputs.values() if out is not None and out.note),
+             *([ranking.note] if ranking.note else [])]
+    return SweepResult(
         sweep_hash=sp.sweep_hash,
         sweep_dir=str(sp.sweep_dir),
         axes={a.key: a.values for a in sp.spec.axes},
         frame_indices=sp.frame_indices,
-        cells=[cell_results[c.index] for c in cells],
-        grid=grid_path,
+        cells=[_cell_result(sp, cell, outputs[cell.index], placed.get(cell.index)) for cell in sp.cells],
+        grid=grid,
         ranking=str(sp.sweep_dir / RANKING_FILE),
-        table=table,
-        best_cell=best_cell,
-        best_set=best_set,
+        table=ranking.table,
+        best_cell=ranking.best_cell,
+        best_set=ranking.best_set,
         inversion_dirs=[inv.path for inv in inversions.values()],
         inversions_computed=sum(1 for inv in inversions.values() if inv.computed),
-        frames_rendered=rendered,
-        frames_skipped=total_frames - rendered if render_error is None else 0,
-        unet_calls=unet_calls,
-        timings={k: round(v, 3) for k, v in timings.items()},
+        frames_rendered=renders.frames_rendered,
+        frames_skipped=renders.frames_skipped,
+        unet_calls=dict(unet_calls),
         notes=notes,
     )
-    frames_io.write_json_atomic(sp.sweep_dir / RANKING_FILE, {
-        "sweep_hash": sp.sweep_hash, "axes": result.axes, "frame_indices": sp.frame_indices,
-        "best_cell": best_cell, "best_set": best_set, "table": table,
+
+
+def _cell_result(sp: SweepPlan, cell: SweepCell, out: Optional[CellOutputs],
+                 placed: Optional[RankedCell]) -> SweepCellResult:
+    plan = sp.plans[cell.index]
+    res = SweepCellResult(index=cell.index, row=cell.row, column=cell.column, values=cell.values,
+                          set_line=cell.set_line, job_hash=plan.job_hash, job_dir=plan.job_dir,
+                          rank=placed.rank if placed else None, score=placed.score if placed else None)
+    if out is None:
+        res.status = "failed"
+        return res
+    res.frames, res.gif = sp.frame_paths(cell), out.gif
+    if out.metrics is not None:
+        res.metrics, res.metrics_summary = str(sp.metrics_path(cell)), summary_line(out.metrics)
+    return res
+
+
+def publish(job: AnimationJob, result: SweepResult) -> None:
+    """ranking.json and sweep.json in the sweep folder; the ranking as a table artifact, the grid
+    and the best cell as a markdown one."""
+    sweep_dir = Path(result.sweep_dir)
+    frames_io.write_json_atomic(sweep_dir / RANKING_FILE, {
+        "sweep_hash": result.sweep_hash, "axes": result.axes, "frame_indices": result.frame_indices,
+        "best_cell": result.best_cell, "best_set": result.best_set, "table": result.table,
         "cells": [c.model_dump(mode="json") for c in result.cells],
     })
-    frames_io.write_json_atomic(sp.sweep_dir / SWEEP_FILE, result.model_dump(mode="json"))
-    _publish(job, result, progress_id, render_error is None)
-
-    failed = [c for c in result.cells if c.status == "failed"]
-    if failed or render_error is not None:
-        labels = "; ".join(cells[c.index].label() for c in failed)
-        message = (f"{len(failed)} of {len(cells)} sweep cell(s) failed ({labels}): {render_error}. The frames "
-                   f"already written are kept and the grid ({grid_path}) shows the other cells; run the same "
-                   "sweep again to render only the missing frames")
-        logger.error(message)
-        return Failed(message=message)
-    if best_set:
-        logger.info("Best cell %s (score %.3f): masactrl-animate run JOB %s", cells[best_cell].label(),
-                    ranked[0].score, best_set)
-    logger.info("Sweep done: %d cells, %d frames rendered, grid %s", len(cells), rendered, grid_path)
-    return result
-
-
-def _publish(job: AnimationJob, result: SweepResult, progress_id, complete: bool) -> None:
-    from prefect.artifacts import update_progress_artifact
-
-
-    key = result.sweep_hash[:16]
-    update_progress_artifact(progress_id, progress=100.0 if complete else 0.0,
-                             description=f"Frames of sweep {key}: {'done' if complete else 'incomplete'}")
+    frames_io.write_json_atomic(sweep_dir / SWEEP_FILE, result.model_dump(mode="json"))
+    key = folder_name(result.sweep_hash)
     best = f"best: {result.best_set}" if result.best_set else "no cell measured"
     create_table_artifact(key=artifact_key("sweep-ranking", result.sweep_hash, job.name), table=result.table,
                           description=f"Sweep {key}: cells ranked by the metrics (score 0 = best); {best}")
@@ -422,4 +484,39 @@ def _publish(job: AnimationJob, result: SweepResult, progress_id, complete: bool
                              description=f"Grid and best cell of sweep {key}")
 
 
-__all__ = ["SweepCellResult", "SweepPlan", "SweepResult", "cell_chunks", "prepare_sweep", "sweep", "sweep_mapping"]
+def _ranking_markdown(result: SweepResult, root: Path) -> str:
+    lines = [f"# Sweep {folder_name(result.sweep_hash)}", ""]
+    if result.grid:
+        lines += [thumbnail_markdown(result.grid, root, "sweep grid"), ""]
+    if result.best_set:
+        lines += ["Best cell, ready for `masactrl-animate run JOB`:", "", f"`{result.best_set}`", ""]
+    lines += [f"{len(result.cells)} cells x {len(result.frame_indices)} frames (indices "
+              f"{', '.join(map(str, result.frame_indices))}), {len(result.inversion_dirs)} inversion(s); "
+              f"{result.frames_rendered} frames rendered now, {result.frames_skipped} already on disk."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- 8. finish
+
+
+def final_state(sp: SweepPlan, result: SweepResult, render_error: Optional[BaseException]) -> SweepResult | State:
+    """The result; or, when some cells failed, a Failed state naming them (their frames resume on a re-run)."""
+    logger = get_run_logger()
+    failed = [c for c in result.cells if c.status == "failed"]
+    if failed or render_error is not None:
+        labels = "; ".join(sp.cells[c.index].label() for c in failed)
+        message = (f"{len(failed)} of {len(sp.cells)} sweep cell(s) failed ({labels}): {render_error}. The frames "
+                   f"already written are kept and the grid ({result.grid}) shows the other cells; run the same "
+                   "sweep again to render only the missing frames")
+        logger.error(message)
+        return Failed(message=message)
+    if result.best_cell is not None:
+        best = result.cells[result.best_cell]
+        logger.info("Best cell %s (score %.3f): masactrl-animate run JOB %s", sp.cells[best.index].label(),
+                    best.score, result.best_set)
+    logger.info("Sweep done: %d cells, %d frames rendered, grid %s", len(sp.cells), result.frames_rendered,
+                result.grid)
+    return result
+
+
+__all__ = ["SweepCellResult", "SweepPlan", "SweepResult", "prepare_sweep", "sweep", "sweep_mapping"]

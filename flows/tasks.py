@@ -13,12 +13,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from flows import quality
 from flows.execution import rendering
 from flows.execution.gpu_claims import gpu_slot
 from flows.job.model import AnimationJob, JobInputError
 from flows.job.plan import ChunkRequest, InversionRequest, JobPlan, plan_job
 from flows.jobdir import stitch as stitch_lib
-from flows.quality import metrics as quality
+from flows.jobdir.layout import folder_name
 from flows.ui import runlogs
 
 
@@ -49,7 +50,7 @@ def worth_retrying(task, task_run, state) -> bool:
 def resolve_job(job: AnimationJob) -> JobPlan:
     """Resolve poses, check counts and sizes, hash the job, write job.json and the pose maps."""
     plan = plan_job(job)
-    _logger().info("Job %s: %d frames -> %s", plan.job_hash[:16], len(plan.frames), plan.job_dir)
+    _logger().info("Job %s: %d frames -> %s", folder_name(plan.job_hash), len(plan.frames), plan.job_dir)
     return plan
 
 
@@ -77,7 +78,7 @@ def render_chunk(chunk: ChunkRequest) -> rendering.ChunkReport:
 
 @task(name="measure", cache_policy=NO_CACHE)
 def measure(job_dir: str, detector: str = "mediapipe", detector_dir: Optional[str] = None):
-    """Weight-free metrics of the finished frames (flows/quality/metrics.py), written to metrics.json."""
+    """Weight-free metrics of the finished frames (flows/quality/), written to metrics.json."""
     metrics = quality.compute_job_metrics(job_dir, detector_kind=detector, detector_dir=detector_dir)
     quality.write_metrics(job_dir, metrics)
     _logger().info(quality.summary_line(metrics))

@@ -100,7 +100,7 @@ class AnchorBranch:
 
 
 @dataclass
-class _FramePlan:
+class _PreparedFrames:
     """Everything a render needs per frame, converted and checked before any UNet call."""
 
     specs: list[FrameSpec]
@@ -379,7 +379,7 @@ class SequenceEngine:
         start = inv.trajectory[level : level + 1].to(self.device, self.dtype)
         return [start] * len(specs)
 
-    def _plan_frames(self, inv: InvertedSource, frames, source_prompt: str, label) -> _FramePlan:
+    def _plan_frames(self, inv: InvertedSource, frames, source_prompt: str, label) -> _PreparedFrames:
         cfg = self.config
         specs = self._frame_specs(frames, label)
         masks = self._plan_masks(specs, source_prompt, label)
@@ -394,9 +394,9 @@ class SequenceEngine:
             scales.append(scale if pose is not None else 0.0)
             explicit = None if masks is None else masks.frame_explicit[i]
             digests.append(_digest(spec.prompt, spec.seed, scales[-1], pose, explicit))
-        return _FramePlan(specs, self._start_latents(inv, specs), poses, scales, digests, masks)
+        return _PreparedFrames(specs, self._start_latents(inv, specs), poses, scales, digests, masks)
 
-    def _mask_guide(self, plan: _FramePlan, indices, shapes, tokens, maps) -> MaskGuide | None:
+    def _mask_guide(self, plan: _PreparedFrames, indices, shapes, tokens, maps) -> MaskGuide | None:
         masks = plan.masks
         if masks is None:
             return None
@@ -411,7 +411,7 @@ class SequenceEngine:
             source_explicit=masks.source_explicit,
         )
 
-    def _batch_control(self, plan: _FramePlan, indices):
+    def _batch_control(self, plan: _PreparedFrames, indices):
         """Pose images and per-row ControlNet weights of a batch, or None without any pose."""
         if all(plan.poses[i] is None for i in indices):
             return None  # no ControlNet work for a batch without poses
@@ -453,7 +453,7 @@ class SequenceEngine:
         # Frames with automatic masks need their own mask-level cross-attention maps.
         return guide is not None and any(tokens is not None for tokens in guide.frame_tokens)
 
-    def _anchor_key(self, plan: _FramePlan, branch: SourceBranch, index: int) -> str:
+    def _anchor_key(self, plan: _PreparedFrames, branch: SourceBranch, index: int) -> str:
         cfg = self.config
         source_mask = None if plan.masks is None else plan.masks.source_explicit
         settings = [repr(branch.key), cfg.frame_start, cfg.first_step, cfg.seed if cfg.frame_start == "noise" else None,
@@ -468,7 +468,7 @@ class SequenceEngine:
         plan = self._plan_frames(inv, [anchor], source_prompt, lambda i: "anchor")
         return self._anchor_branch(inv, source_prompt, plan, 0)
 
-    def _anchor_branch(self, inv, source_prompt, plan: _FramePlan, index: int) -> AnchorBranch:
+    def _anchor_branch(self, inv, source_prompt, plan: _PreparedFrames, index: int) -> AnchorBranch:
         branch = self.source_branch(inv, source_prompt)
         key = self._anchor_key(plan, branch, index)
         if self._anchor is not None and self._anchor.key == key:

@@ -1,4 +1,4 @@
-"""What the flow publishes (flows/ui/artifacts.py), without a Prefect server (issue 13 A.1, A.3)."""
+"""What the flow publishes (flows/ui/artifacts.py), without a Prefect server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from flows.jobdir.layout import folder_name
 from flows.ui.artifacts import (
     artifact_key,
     frame_table,
@@ -44,7 +45,7 @@ def media(monkeypatch, no_media):
 def test_keys_carry_the_job_name_and_hash(name, expected):
     key = artifact_key("outputs", HASH, name)
     assert key == expected and KEY_RE.match(key)
-    assert job_hash_of_key(key) == HASH[:16]
+    assert job_hash_of_key(key) == folder_name(HASH)
 
 
 def test_slugify():
@@ -80,50 +81,50 @@ def _result(job_dir: Path, **extra) -> dict:
 
 
 def test_outputs_markdown_shows_the_animation_inline(media, tmp_path):
-    job_dir = tmp_path / "out" / HASH[:16]
+    job_dir = tmp_path / "out" / folder_name(HASH)
     text = outputs_markdown(_result(job_dir, job_name="cat"))
     assert text.startswith("# Animation cat (0123456789abcdef)")
-    assert f"![animation](http://media.test:4300/{HASH[:16]}/animation.gif)" in text
-    assert f"![contact sheet](http://media.test:4300/{HASH[:16]}/contact_sheet.png)" in text
-    assert f"[{job_dir / 'animation.mp4'}](http://media.test:4300/{HASH[:16]}/animation.mp4)" in text
+    assert f"![animation](http://media.test:4300/{folder_name(HASH)}/animation.gif)" in text
+    assert f"![contact sheet](http://media.test:4300/{folder_name(HASH)}/contact_sheet.png)" in text
+    assert f"[{job_dir / 'animation.mp4'}](http://media.test:4300/{folder_name(HASH)}/animation.mp4)" in text
     assert "3 rendered now, 1 already on disk" in text and "| render | 1.23 |" in text
     assert "file://" not in text
     # the frames inline (plain images: the UI shows an image inside a link as text)
-    assert f" ![frame_0002](http://media.test:4300/{HASH[:16]}/frames/frame_0002.png) " in text
+    assert f" ![frame_0002](http://media.test:4300/{folder_name(HASH)}/frames/frame_0002.png) " in text
     assert "[![" not in text
     # the image comes before the tables: it is what a person opens the page for
     assert text.index("![animation]") < text.index("| output |")
 
 
 def test_outputs_markdown_without_media_url_links_files(no_media, tmp_path):
-    job_dir = tmp_path / "out" / HASH[:16]
+    job_dir = tmp_path / "out" / folder_name(HASH)
     text = outputs_markdown(_result(job_dir))
     assert f"![animation]({(job_dir / 'animation.gif').as_uri()})" in text
 
 
 def test_outputs_markdown_caps_the_thumbnails(media, tmp_path):
-    job_dir = tmp_path / "out" / HASH[:16]
+    job_dir = tmp_path / "out" / folder_name(HASH)
     frames = [str(job_dir / "frames" / f"frame_{i:04d}.png") for i in range(60)]
     text = outputs_markdown(_result(job_dir, frames=frames, frame_count=60))
     assert text.count("![frame_") == 48 and "The first 48 of 60 frames" in text
 
 
 def test_outputs_markdown_side_by_side_and_no_gif(media, tmp_path):
-    job_dir = tmp_path / "out" / HASH[:16]
+    job_dir = tmp_path / "out" / folder_name(HASH)
     res = _result(job_dir, gif=None, side_by_side=str(job_dir / "side_by_side.gif"))
     text = outputs_markdown(res)
     assert "![animation]" not in text
-    assert f"![pose and frame](http://media.test:4300/{HASH[:16]}/side_by_side.gif)" in text
+    assert f"![pose and frame](http://media.test:4300/{folder_name(HASH)}/side_by_side.gif)" in text
 
 
 def test_frame_table_rows_with_thumbnails(media, tmp_path):
-    job_dir = tmp_path / "out" / HASH[:16]
+    job_dir = tmp_path / "out" / folder_name(HASH)
     frames = [SimpleNamespace(index=i, prompt=f"a cat {i}", pose=f"/p/pose_{i:04d}.png" if i else None)
               for i in range(3)]
     reports = [{"rendered": [1, 2], "frame_seconds": {"1": 0.51234, "2": 0.5}}]
     rows = frame_table(frames, job_dir, reports)
     assert [r["index"] for r in rows] == [0, 1, 2]
-    url = f"http://media.test:4300/{HASH[:16]}/frames/frame_0001.png"
+    url = f"http://media.test:4300/{folder_name(HASH)}/frames/frame_0001.png"
     assert rows[1]["frame"] == f"[frame_0001.png]({url})"  # the UI renders links in table cells
     assert rows[1]["url"] == url and rows[1]["file"] == str(job_dir / "frames" / "frame_0001.png")
     assert rows[1]["pose"] == "pose_0001.png" and rows[0]["pose"] == ""
@@ -156,7 +157,7 @@ def test_publish_outputs_takes_the_flow_result(media, tmp_path, monkeypatch):
     for name in ("create_image_artifact", "create_link_artifact", "create_markdown_artifact",
                  "create_table_artifact", "update_progress_artifact"):
         monkeypatch.setattr(pa, name, record(name))
-    job_dir = tmp_path / "out" / HASH[:16]
+    job_dir = tmp_path / "out" / folder_name(HASH)
     fields = _result(job_dir)
     result = AnimationResult.model_validate({
         **{k: fields[k] for k in ("job_hash", "job_dir", "frames", "frame_count", "frames_rendered", "frames_skipped",
@@ -171,7 +172,7 @@ def test_publish_outputs_takes_the_flow_result(media, tmp_path, monkeypatch):
     assert calls[0][0] == "update_progress_artifact" and calls[0][1] == (progress_id,)
     assert by_kind["update_progress_artifact"]["progress"] == 100.0
     assert by_kind["update_progress_artifact"]["description"].endswith("100% (4/4 frames), done")
-    gif_url = f"http://media.test:4300/{HASH[:16]}/animation.gif"
+    gif_url = f"http://media.test:4300/{folder_name(HASH)}/animation.gif"
     assert by_kind["create_image_artifact"]["image_url"] == gif_url
     assert f"![animation]({gif_url})" in by_kind["create_markdown_artifact"]["markdown"]
     assert "inversion reused" in by_kind["create_markdown_artifact"]["markdown"]

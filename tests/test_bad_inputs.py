@@ -1,4 +1,4 @@
-"""Issue 13 C.4 / C.6: a corpus of bad inputs. Each one is a single clear error naming the field,
+"""A corpus of bad inputs. Each one is a single clear error naming the field,
 exit 2 from `validate` and from `run`, before any work, with nothing written."""
 
 from __future__ import annotations
@@ -103,9 +103,12 @@ def case_long_path(folder, out):
 
 
 def case_corrupt_zlib(folder, out):
+    # Validation reads headers only and passes this file (its chunks and checksums are whole): only
+    # decoding finds the garbage. The CLI decodes the source once after the plan, before Prefect
+    # starts or anything is written, so `validate` and `run` still refuse it, naming source.image.
     corrupt_zlib_png(folder / "broken.png")
     with Image.open(folder / "broken.png") as img:
-        img.verify()  # what validate used to check: passes
+        img.verify()  # checks the chunks' CRCs: passes
     job = base_job(out)
     job["source"]["image"] = "broken.png"
     return _dump(folder / "job.yaml", job), "source.image"
@@ -167,7 +170,7 @@ def case_offline_hub(folder, out, monkeypatch=None):
 
 
 def case_subject_after_token_limit(folder, out):
-    """C.4: the subject word occurs in a frame prompt, but only after CLIP's 77th token."""
+    """The subject word occurs in a frame prompt, but only after CLIP's 77th token."""
     job = base_job(out)
     job["source"]["subject"] = "cat"
     job["frames"]["prompts"][1] = "a photo of a dog " + "walking " * 80 + "next to a cat"
@@ -201,7 +204,7 @@ def test_bad_input_is_one_clear_error_exit_2_nothing_written(workdir, tmp_path, 
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
-    """C.6: Pillow clips 'I;16' at 255 when converting to RGB (a 16-bit picture comes out white)."""
+    """Pillow clips 'I;16' at 255 when converting to RGB (a 16-bit picture comes out white)."""
     ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
     path = tmp_path / "grey16.png"
     Image.fromarray(ramp).save(path)
@@ -220,6 +223,47 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert np.array_equal(np.asarray(open_rgb(path)), rgb)
 
 
+def test_validation_reads_headers_only_and_leaves_pillows_limit_alone(workdir, tmp_path, monkeypatch):
+    """Validating a job decodes no pixel (it runs on every validation: CLI, flow, each sweep cell)
+    and never changes the process-wide Image.MAX_IMAGE_PIXELS (other threads read it)."""
+    from PIL import ImageFile
+
+    from flows.job.model import AnimationJob
+
+    corrupt_zlib_png(workdir / "broken.png")
+    bomb_png(workdir / "bomb.png")  # 400 MP: Pillow's own check raises in open()
+    bomb_png(workdir / "big.png", side=9000)  # 81 MP: under Pillow's limit, over ours
+    limits, decodes = [], []
+    real_open, real_load = Image.open, ImageFile.ImageFile.load
+
+    def spy_open(*args, **kwargs):
+        limits.append(Image.MAX_IMAGE_PIXELS)
+        return real_open(*args, **kwargs)
+
+    def spy_load(self):
+        decodes.append(self.filename)
+        return real_load(self)
+
+    monkeypatch.setattr(Image, "open", spy_open)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
+    default = Image.MAX_IMAGE_PIXELS
+    job = base_job(tmp_path / "out")
+    for name in ("cat.png", "broken.png"):
+        job["source"]["image"] = str(workdir / name)
+        AnimationJob.model_validate(job)
+    assert decodes == [] and limits == [default, default]
+    for name, size in (("bomb.png", "400 MP"), ("big.png", "81 MP")):
+        job["source"]["image"] = str(workdir / name)
+        with pytest.raises(ValueError, match=f"{size}, more than the limit of 67 MP"):
+            AnimationJob.model_validate(job)
+    assert Image.MAX_IMAGE_PIXELS == default and set(limits) == {default}
+
+    # Decoding, where the pixels are used, finds the corrupt data and says which file.
+    with pytest.raises(inputs.ImageProblem, match="broken.png.*not a readable image"):
+        inputs.open_image(workdir / "broken.png")
+    assert decodes
+
+
 def test_good_job_still_validates(workdir, tmp_path, capsys):
     path = _dump(workdir / "job.yaml", base_job(tmp_path / "out"))
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
@@ -227,7 +271,7 @@ def test_good_job_still_validates(workdir, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_roots_confine_inputs_and_outputs_when_set(workdir, tmp_path, capsys, monkeypatch, command):
-    """C.5: with MASACTRL_INPUT_ROOTS / MASACTRL_OUTPUT_ROOT set (as for server-triggered runs), a
+    """With MASACTRL_INPUT_ROOTS / MASACTRL_OUTPUT_ROOT set (as for server-triggered runs), a
     source outside the input roots and an output folder outside the output root are refused."""
     outside = tmp_path / "elsewhere"
     outside.mkdir()

@@ -88,6 +88,24 @@ def test_validate_and_schema(job_file, tmp_path, capsys, monkeypatch):
     assert not [t for t in titles if t.endswith(("Spec", "Settings", "Section"))], titles  # no class names
 
 
+def test_refusals_are_exit_2_in_one_format(job_file, tmp_path, capsys):
+    """Whatever refuses the input (the source's pixels, a sweep grid, a folder that is no finished
+    job), main() turns it into exit 2 and the same lines; nothing is written."""
+    whole = job_file.parent / "cat.jpg"
+    Image.open(job_file.parent / "cat.png").save(whole, quality=90)
+    cut = job_file.parent / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[:-200])  # its header is whole: only decoding finds the cut
+    for command in ("validate", "run"):
+        assert main([command, str(job_file), "--set", f"source.image={cut}", "--no-progress"]) == EXIT_INVALID
+        err = capsys.readouterr().err
+        assert err.startswith(f"{job_file}: invalid job\n  source.image: ") and "not a readable image" in err, err
+    assert main(["sweep", str(job_file), "--grid", "settings.start_step"]) == EXIT_INVALID
+    assert capsys.readouterr().err.startswith(f"{job_file}: invalid job\n  ")
+    assert main(["metrics", str(tmp_path / "no-job")]) == EXIT_INVALID
+    assert capsys.readouterr().err.startswith("metrics: ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_submit_without_a_deployment_fails_cleanly(job_file, capsys):
     assert main(["submit", str(job_file), "--no-wait"]) == EXIT_FAILED
     assert "could not submit" in capsys.readouterr().err

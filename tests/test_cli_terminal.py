@@ -1,4 +1,4 @@
-"""What `masactrl-animate` leaves on the terminal (issue 17): one line, no traceback, when Prefect's
+"""What `masactrl-animate` leaves on the terminal: one line, no traceback, when Prefect's
 temporary server does not start; none of the third-party noise (mediapipe's C++ log lines, torch
 and timm warnings, Prefect's telemetry) unless --verbose; two runs started at once both finish.
 
@@ -24,7 +24,7 @@ from PIL import Image
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "masactrl-animate")
 WALK = Path(__file__).resolve().parent.parent / "examples" / "poses" / "walk"
-# Lines a user saw before issue 17 that are not the project's.
+# Lines a user saw on the terminal that are not the project's.
 NOISE = ("FutureWarning", "absl", "TensorFlow Lite", "database is locked", "Overwriting", "W0000")
 # Variables of the test session or the developer's shell that would hide what a plain shell shows.
 UNSET = ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PYTHONWARNINGS",

@@ -571,7 +571,7 @@ def test_readme_covers_what_an_operator_needs():
         assert (ROOT / path).exists() or path == "deploy/.env", path
 
 
-# --- confinement of server-triggered runs (issue 13 C.5) -----------------------------------
+# --- confinement of server-triggered runs -----------------------------------
 
 ROOTS = "/data/inputs:/data/inbox:/data/models:/opt/masactrl-animate/examples"
 

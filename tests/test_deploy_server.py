@@ -79,7 +79,7 @@ class Server:
         user, password = self.auth.split(":", 1)
         response = httpx.request(method, f"{self.url}{path}", auth=(user, password), timeout=30, **kwargs)
         response.raise_for_status()
-        return response.json()
+        return response.json() if response.content else None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -181,14 +181,21 @@ def test_inbox_deployment_runs_on_a_process_worker(server, tmp_path):
     inbox_dir = tmp_path / "inbox"
     inbox_dir.mkdir()
     dep = _deployment(server, "animate-inbox", "animate-inbox")
-    run = server.api(
-        "POST", f"/deployments/{dep['id']}/create_flow_run",
-        json={"parameters": {"inbox": str(inbox_dir)}, "name": "inbox-smoke"},
-    )
-    worker = subprocess.run(
-        [PREFECT, "worker", "start", "--pool", "gpu-local", "--type", "process", "--run-once"],
-        cwd=tmp_path, env=server.client_env, capture_output=True, text=True, timeout=400,
-    )
+    # Its */5 cron would otherwise hand the worker a scheduled run of the default inbox whenever the
+    # test crosses a five-minute boundary; paused, only the run made here is due (pausing deletes
+    # the auto-scheduled runs and keeps manual runs).
+    server.api("POST", f"/deployments/{dep['id']}/pause_deployment")
+    try:
+        run = server.api(
+            "POST", f"/deployments/{dep['id']}/create_flow_run",
+            json={"parameters": {"inbox": str(inbox_dir)}, "name": "inbox-smoke"},
+        )
+        worker = subprocess.run(
+            [PREFECT, "worker", "start", "--pool", "gpu-local", "--type", "process", "--run-once"],
+            cwd=tmp_path, env=server.client_env, capture_output=True, text=True, timeout=400,
+        )
+    finally:
+        server.api("POST", f"/deployments/{dep['id']}/resume_deployment")
     state = server.api("GET", f"/flow_runs/{run['id']}")["state"]
     assert state["type"] == "COMPLETED", (state, worker.stdout[-4000:], worker.stderr[-4000:])
     artifacts = server.api("POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": ["inbox-report"]}}})

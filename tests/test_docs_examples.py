@@ -1,4 +1,4 @@
-"""Every code example a newcomer is shown runs as written (issue 17, finding 6).
+"""Every code example a newcomer is shown runs as written.
 
 - the fenced ```python blocks of the READMEs and the indented code examples of the public
   modules' docstrings are executed, each in a fresh temporary folder where ``examples/`` is the

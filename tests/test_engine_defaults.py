@@ -1,5 +1,5 @@
 """Default settings reproduce the frames of the engine as it was before the animation controls
-(issue 10), to float noise.
+(frame starts, anchors, synthesis), to float noise.
 
 ``tests/data/engine_defaults.safetensors`` holds the latents that ``render(..., output_type="latent")``
 produced for the cases below with the code of commit 5e6ae78 (before frame starts, anchors and

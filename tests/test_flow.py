@@ -15,6 +15,7 @@ from flows import AnimationJob, animate, task_runner_for
 from flows.execution import worker_cache
 from flows.deployments import animate_inbox
 from flows.jobdir.frames_io import frame_path
+from flows.jobdir.layout import folder_name
 from flows.job.model import JobInputError, ModelSpec, RenderSettings
 from flows.job.plan import ChunkRequest, EngineRequest, FramePlan
 from flows.execution.worker_cache import EngineSlot
@@ -96,7 +97,7 @@ def first_run(cat_png, tmp_path_factory):
 def test_outputs_read_back(first_run):
     job, _, result = first_run
     assert result.frame_count == 4 and result.frames_rendered == 4 and result.frames_skipped == 0
-    assert Path(result.job_dir).name == result.job_hash[:16]
+    assert Path(result.job_dir).name == folder_name(result.job_hash)
     for i, path in enumerate(result.frames):
         assert Path(path) == frame_path(result.job_dir, i)
         assert Image.open(path).size == (64, 64)
@@ -131,7 +132,7 @@ def test_artifacts(first_run):
     by_type = {}
     for art in artifacts:
         by_type.setdefault(art.type, []).append(art)
-    key = result.job_hash[:16]
+    key = folder_name(result.job_hash)
     (progress,) = by_type["progress"]
     assert progress.key == f"progress-{key}" and float(progress.data) == 100.0
     assert progress.description.endswith("100% (4/4 frames), done")
@@ -176,7 +177,7 @@ def test_resume_after_a_crash_renders_only_missing_frames(first_run, tmp_path, m
     assert "run the same job again" in str(state.result(raise_on_failure=False))
     (progress,) = [a for a in read_artifacts(flow_run_id(state)) if a.type == "progress"]
     assert "50% (2/4 frames), failed at chunk 2 of 2" in progress.description
-    job_dir = tmp_path / "out" / reference.job_hash[:16]
+    job_dir = tmp_path / "out" / folder_name(reference.job_hash)
     assert [frame_path(job_dir, i).is_file() for i in range(4)] == [True, True, False, False]
     assert not (job_dir / "animation.gif").exists() and not (job_dir / "result.json").exists()
 

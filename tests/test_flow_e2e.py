@@ -19,6 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from flows.deployments import INBOX_DEPLOYMENT
+
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
@@ -150,7 +152,7 @@ def test_server_serve_submit(tmp_path, tiny_checkpoint):
         inbox_job = {**job, "output": {"folder": "inbox-out", "fps": 5}}
         (inbox / "cat.png").write_bytes((jobs / "cat.png").read_bytes())
         (inbox / "cat.yaml").write_text(yaml.safe_dump(inbox_job))
-        ran = subprocess.run([str(BIN / "prefect"), "deployment", "run", "animate-inbox/animate-inbox", "--watch"],
+        ran = subprocess.run([str(BIN / "prefect"), "deployment", "run", INBOX_DEPLOYMENT, "--watch"],
                              env=env, capture_output=True, text=True, timeout=240)
         assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
         assert len(list((inbox / "inbox-out").glob("*/animation.gif"))) == 1

@@ -1,4 +1,4 @@
-"""The deployment's run form (issue 13 B.1): what Prefect's two UIs draw from the job's JSON schema.
+"""The deployment's run form: what Prefect's two UIs draw from the job's JSON schema.
 
 Both UIs take titles and descriptions from the schema: V2 titles a nested section with its model's
 title (else the class name), V1 renders descriptions as markdown and swallows ``<...>`` as HTML, and

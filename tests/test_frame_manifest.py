@@ -1,4 +1,4 @@
-"""Issue 13 C.2: a frame counts as done only when it matches the digest written with it.
+"""A frame counts as done only when it matches the digest written with it.
 
 A frame cut in half (header intact) or overwritten with other valid pixels is rendered again by
 the next run, never stitched, and the inbox does not take its job for finished.

@@ -1,4 +1,4 @@
-"""C.3: a run killed with kill -9 is marked Crashed, and its GPU slot freed, by the next run of the job.
+"""A run killed with kill -9 is marked Crashed, and its GPU slot freed, by the next run of the job.
 
 A real `prefect server start` (SQLite in a temporary PREFECT_HOME), `masactrl-animate run` as a
 subprocess in its own process group, killed mid-render, then the same job again.

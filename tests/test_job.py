@@ -14,6 +14,7 @@ from flows.job.model import (AnimationJob, JobInputError, ModelSpec, MovedFieldW
                        describe_validation_error)
 from flows.job.files import JobFileError, load_job, load_job_data, parse_override, set_dotted
 from flows.job.plan import plan_job
+from flows.jobdir.layout import folder_name
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WALK = EXAMPLES / "poses" / "walk"
@@ -156,6 +157,34 @@ def test_invalid_field_is_named_and_nothing_written(image, tmp_path, field, chan
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # e.g. no output folder created
 
 
+def test_checked_job_raises_invalid_job_with_each_field(image, tmp_path, monkeypatch):
+    """What a flow does first: the job validated, then what only the worker checks; a refused job
+    raises InvalidJob carrying (field, message) problems, in the lines the CLI prints."""
+    import logging
+
+    from flows.animation import checked_job
+    from flows.job.model import InvalidJob
+
+    logger = logging.getLogger("test")
+    data = base(image, tmp_path, **{"settings.width": 100, "output.fps": 0})
+    with pytest.raises(ValidationError) as direct:
+        AnimationJob.model_validate(data)
+    with pytest.raises(InvalidJob) as info:
+        checked_job(data, logger)
+    assert info.value.lines == describe_validation_error(direct.value)
+    assert {field for field, _ in info.value.problems} == {"settings.width", "output.fps"}
+    assert str(info.value) == "; ".join(info.value.lines)
+
+    monkeypatch.setenv("MASACTRL_OUTPUT_ROOT", str(tmp_path / "results"))  # a server's output root
+    with pytest.raises(InvalidJob) as info:
+        checked_job(base(image, tmp_path), logger)
+    [(field, message)] = info.value.problems
+    assert field == "output.folder" and "outside the output root" in message
+    monkeypatch.delenv("MASACTRL_OUTPUT_ROOT")
+    job = checked_job(AnimationJob.model_validate(base(image, tmp_path)), logger)
+    assert isinstance(job, AnimationJob) and not (tmp_path / "out").exists()
+
+
 def test_subject_must_be_in_every_frame_prompt(image, tmp_path):
     ok = AnimationJob.model_validate(base(image, tmp_path, **{"source.subject": "cat"}))
     assert ok.source.subject == "cat"
@@ -199,7 +228,7 @@ def test_job_file_paths_are_relative_to_the_file_and_output_to_the_cwd(tmp_path,
     inbox_style = load_job(jobs / "job.yaml", output_base=jobs)
     assert inbox_style.output.folder == jobs / "results"
     # the form's per-kind pose field and a LoRA file resolve against the job file too
-    from safetensors.numpy import save_file  # a whole file: validation reads its header (issue 17)
+    from safetensors.numpy import save_file  # a whole file: validation reads its header
 
     save_file({"w": np.zeros(1, np.float32)}, str(jobs / "style.safetensors"))
     write_yaml(jobs / "form.yaml", {
@@ -347,7 +376,7 @@ def test_output_and_execution_never_change_the_frame_cache_key(image, tmp_path):
                     {"execution.runner": "dask"}, {"model.device": "cpu"}, {"name": "renamed"}):
         assert _hash_of(base(image, tmp_path, **changes)) == h, changes
     assert Path(plan_job(AnimationJob.model_validate(base(image, tmp_path, **{"output.folder": str(tmp_path / "o2")})),
-                         write=False).job_dir).name == h[:16]
+                         write=False).job_dir).name == folder_name(h)
 
 
 def test_inversion_key_ignores_masactrl_settings(image, tmp_path):
@@ -415,7 +444,7 @@ def test_the_model_must_be_named(image, tmp_path, monkeypatch):
 def test_plan_layout_and_no_writes_when_asked(image, tmp_path):
     job = AnimationJob.model_validate(base(image, tmp_path))
     plan = plan_job(job, write=False)
-    assert Path(plan.job_dir) == tmp_path / "out" / plan.job_hash[:16]
+    assert Path(plan.job_dir) == tmp_path / "out" / folder_name(plan.job_hash)
     assert not (tmp_path / "out").exists()
     assert [f.prompt for f in plan.frames] == ["a cat standing", "a cat jumping"]
     chunks = plan.chunks(chunk_size=1, batch_size=1, inversion_dir="inv")

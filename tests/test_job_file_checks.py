@@ -1,4 +1,4 @@
-"""Issue 17: what a job file names is checked at validation, quickly and with a clear error.
+"""What a job file names is checked at validation, quickly and with a clear error.
 
 - (4) YAML anchors/aliases: a "billion laughs" job file is refused before anything is expanded.
 - (5) ``execution.dask_address``: only a real Dask scheduler is accepted; an HTTP server, a silent
@@ -435,7 +435,7 @@ def test_torch_checkpoint_headers(tmp_path):
 
 
 def test_truncated_source_and_empty_pose_json_are_refused(tiny_env, workdir, capsys):
-    """Checked before issue 17 already; kept here beside the other file checks."""
+    """Refused before the header checks came; kept here beside the other file checks."""
     whole = (workdir / "cat.png").read_bytes()
     (workdir / "cut.png").write_bytes(whole[: len(whole) // 2])
     job = base_job(workdir / "out")

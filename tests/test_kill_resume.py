@@ -1,4 +1,4 @@
-"""Faults that must not lose or corrupt work (issue 13, C.7 and C.9), on real processes.
+"""Faults that must not lose or corrupt work, on real processes.
 
 `masactrl-animate run` against a real `prefect server start`, killed with SIGKILL while it inverts,
 while it renders and while it encodes the MP4; each run of the same job afterwards ends with

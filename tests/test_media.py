@@ -1,5 +1,5 @@
 """The media server (flows/ui/media.py) as a real process over HTTP, media_url, and the modes of
-finished output files (issue 13 A.1, A.2)."""
+finished output files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13 C.4 (tokenizer part) / C.6: prompts against the text encoder's 77-token limit, checked
+"""Prompts against the text encoder's 77-token limit, checked
 at `validate`/`run` time with the model's own tokenizer (the tiny checkpoint's here), before Prefect."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_cut_prompt_warns_with_the_field_and_the_dropped_words(workdir, tmp_path
 
 
 def test_prompts_equal_within_the_limit_warn_that_frames_come_out_identical(tmp_path):
-    """C.6: two frame prompts that differ only after the limit get the same conditioning."""
+    """Two frame prompts that differ only after the limit get the same conditioning."""
     report = report_of(tmp_path, [LONG + "with a red hat", LONG + "with a blue hat"])
     assert report.errors == []
     same = [m for f, m in report.warnings if "differ only after" in m]

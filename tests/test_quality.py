@@ -1,4 +1,4 @@
-"""Quality metrics on synthetic frames with known answers (flows/quality/metrics.py); no model, no Prefect run."""
+"""Quality metrics on synthetic frames with known answers (flows/quality/); no model, no Prefect run."""
 
 import json
 import math
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.quality import metrics as quality
+from flows import quality
 from flows.jobdir.frames_io import write_json_atomic
+from flows.quality import measure
 from pose_sources import Person, Pose
 
 
@@ -247,7 +248,7 @@ def test_job_metrics_with_poses_and_a_stub_detector(tmp_path):
 def test_pose_not_measured_without_a_detector(tmp_path, monkeypatch):
     size = (64, 64)
     job_dir = make_job(tmp_path, translated(2), poses=[pose({0: (30, 30)}, size)] * 2)
-    monkeypatch.setattr(quality, "load_pose_detector", lambda kind, folder: (None, "no mediapipe pose detector (test)"))
+    monkeypatch.setattr(measure, "load_pose_detector", lambda kind, folder: (None, "no mediapipe pose detector (test)"))
     m = quality.compute_job_metrics(job_dir)
     assert m.summary.pose_pck is None and m.not_measured["pose"] == "no mediapipe pose detector (test)"
     assert all(r.pose_pck is None for r in m.frames)

@@ -1,25 +1,59 @@
-"""flows.ui.runlogs: the engine's traceback for a run that returned Failed is dropped, nothing else (B.2)."""
+"""What a run's log holds, read back from Prefect: an invalid job ends with its validation message
+and no traceback record; a flow that raises keeps its traceback.
 
-import logging
+The runs go through Prefect's own engine entry (``run_flow`` with the run logger as its error
+logger, which is how a served or deployed run is driven), so a reworded engine message shows up
+here as a traceback record in the log, not as a test that still passes.
+"""
 
+from __future__ import annotations
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.exceptions import FailedRun
+from prefect.flow_engine import run_flow
+from prefect.logging.handlers import APILogHandler
+from prefect.logging.loggers import flow_run_logger
 
-from flows.ui.runlogs import ENGINE_LOGGER, install
+from flows import animate
+from flows.ui import runlogs
+
+BAD_JOB = {"source": {"image": "/nonexistent/cat.png", "prompt": "a photo of a cat"},
+           "frames": {"prompts": ["a cat standing"]}, "model": {"model": "tiny"}}
 
 
-def _record(message, exc):
-    exc_info = (type(exc), exc, None) if exc is not None else None
-    return logging.LogRecord(ENGINE_LOGGER, logging.ERROR, __file__, 1, message, None, exc_info)
+@flow(name="raises-on-purpose")
+def _raises() -> None:
+    runlogs.prepare_run_logs()
+    raise ValueError("boom on purpose")
 
 
-def test_only_the_failed_run_traceback_is_dropped():
-    install()
-    install()  # idempotent
-    logger = logging.getLogger(ENGINE_LOGGER)
-    assert sum(type(f).__name__ == "DropFailedRunTraceback" for f in logger.filters) == 1
-    engine = "Engine execution exited with unexpected exception"
-    assert not logger.filter(_record(engine, FailedRun("Invalid job: source.image: missing")))
-    # a flow that raised keeps its traceback; other records pass
-    assert logger.filter(_record(engine, ValueError("boom")))
-    assert logger.filter(_record("Invalid job: source.image: missing", None))
-    assert logger.filter(_record("something else", FailedRun("x")))
+def _drive(the_flow, parameters):
+    """Run ``the_flow`` as a deployed run is driven; returns (final state, the run's log records)."""
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(the_flow, parameters=parameters)
+        with pytest.raises((FailedRun, ValueError)):
+            run_flow(the_flow, flow_run=flow_run, parameters=parameters, error_logger=flow_run_logger(flow_run))
+        APILogHandler().flush()
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))[0]
+    return run.state, logs
+
+
+def _tracebacks(logs) -> list[str]:
+    return [log.message for log in logs if "Traceback (most recent call last)" in log.message]
+
+
+def test_an_invalid_job_fails_with_its_message_and_no_traceback(prefect_harness):
+    state, logs = _drive(animate, {"job": BAD_JOB})
+    assert state.is_failed()
+    assert state.message.startswith("Invalid job: source.image"), state.message
+    assert not _tracebacks(logs), _tracebacks(logs)
+
+
+def test_a_flow_that_raises_keeps_its_traceback(prefect_harness):
+    state, logs = _drive(_raises, {})
+    assert state.is_failed()
+    assert any("boom on purpose" in text for text in _tracebacks(logs)), [log.message for log in logs]

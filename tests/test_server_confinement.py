@@ -1,8 +1,8 @@
-"""Issue 13 C.5 for server runs: with MASACTRL_INPUT_ROOTS / MASACTRL_OUTPUT_ROOT set (as `serve
+"""Server runs: with MASACTRL_INPUT_ROOTS / MASACTRL_OUTPUT_ROOT set (as `serve
 --input-root/--output-root` and deploy/ do for the runs they start), the animate and sweep flows
 refuse paths outside the roots as their first step, with the field in the state message and no
 traceback, and accept a job inside them; the inbox keeps relative outputs below the output root;
-a local CLI run with the roots unset keeps today's freedom. C.4: the flow refuses a subject word
+a local CLI run with the roots unset keeps today's freedom. The flow refuses a subject word
 past the token limit the same way, and logs the warning for a cut prompt."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_animate_refuses_paths_outside_the_roots_and_accepts_inside(roots, tmp_p
     assert_refused(state, "source.image", "outside the input folders")
     assert not (results / "a").exists()  # nothing written for a refused job
 
-    # C.4 in the flow: a subject word the text encoder never reads fails the run the same way
+    # In the flow: a subject word the text encoder never reads fails the run the same way
     late = "a photo of a dog " + "walking " * 80 + "cat"
     state = animate(job_dict(inputs / "cat.png", results / "a", prompts=["a photo of a cat", late], subject="cat"),
                     return_state=True)

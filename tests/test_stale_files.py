@@ -1,4 +1,4 @@
-"""Issue 13 C.8: a kill -9 during MP4 encoding leaves `.animation.*.tmp.mp4`; the job's next run
+"""A kill -9 during MP4 encoding leaves `.animation.*.tmp.mp4`; the job's next run
 removes it (only that pattern, only files older than the run's start)."""
 
 from __future__ import annotations

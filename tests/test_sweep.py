@@ -6,7 +6,7 @@ from PIL import Image
 
 from flows.sweeps import grid as sweep
 from flows.job.files import apply_overrides, parse_override
-from flows.quality.metrics import MetricsSummary
+from flows.quality.report import MetricsSummary
 from flows.sweeps.grid import SweepError
 
 

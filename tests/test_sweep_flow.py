@@ -264,6 +264,23 @@ def test_job_sweep_section_is_validated_and_not_hashed(cat_png, tmp_path):
         prepare_sweep(swept, frames=[0, 4], write=False)
 
 
+def test_a_cells_chunks_are_the_full_runs_chunks_of_its_sampled_frames(cat_png, tmp_path):
+    """A sweep renders through the animate path's own chunking (JobPlan.chunks), restricted to the
+    sampled frames: their own indices, the job's folder, engine and anchor, numbered on from a start."""
+    job = make_job(cat_png, tmp_path)
+    job = job.model_copy(update={"settings": job.settings.model_copy(
+        update={"cross_frame": "anchor", "anchor_frame": 1})})
+    plan = plan_job(job, write=False)
+    (whole,) = plan.chunks(len(plan.frames), 2, "inv")
+    sampled = plan.chunks(1, 2, "inv", indices=FRAMES, first_index=5)
+    assert [c.index for c in sampled] == [5, 6]
+    assert [[f.index for f in c.frames] for c in sampled] == [[i] for i in FRAMES]
+    assert all(c.anchor == plan.frames[1] for c in sampled)  # the anchor need not be a sampled frame
+    assert all(c.model_dump(exclude={"index", "frames"}) == whole.model_dump(exclude={"index", "frames"})
+               for c in sampled)
+    assert plan.chunks(2, 2, "inv") == plan.chunks(2, 2, "inv", indices=list(range(len(plan.frames))))
+
+
 def test_sweep_deployment_has_a_form():
     from flows.deployments import build_deployments
 

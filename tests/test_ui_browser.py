@@ -1,18 +1,18 @@
-"""The animation in the Prefect UI, in a real browser (issue 13 A.1, B.1, B.2).
+"""The animation in the Prefect UI, in a real browser.
 
 A real ``prefect server start`` (UI on, ``PREFECT_UI_API_URL`` set for its port) and
 ``masactrl-animate serve`` (its media server on the output root; the runs it starts get
 MASACTRL_MEDIA_URL/ROOT), then real jobs on the tiny model through the deployment:
 
 - an invalid job created from the deployment as the UI form does: the run fails with the clean
-  validation message as its state message and no traceback in its logs (B.2);
+  validation message as its state message and no traceback in its logs;
 - a tiny job (64x64, 3 steps, 3 frames) through ``masactrl-animate submit``; while it runs, a second
   ``submit`` whose source picture is gone by the time the worker gets it: it prints the run's
-  "Invalid job: source.image: ..." message, no traceback, exit 1 (B.2);
+  "Invalid job: source.image: ..." message, no traceback, exit 1;
 - headless Chromium on the finished run's Artifacts tab and outputs artifact: the GIF and the contact
   sheet load from the media server (HTTP 200 as the browser saw it, natural size > 0), every frame
-  has a thumbnail (A.1);
-- the deployment's run form in both UIs: the pose kinds are a choice, not a JSON box (B.1).
+  has a thumbnail;
+- the deployment's run form in both UIs: the pose kinds are a choice, not a JSON box.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them when it runs as
 root with apt) and ``selenium`` (the test extra).
@@ -224,7 +224,7 @@ def test_real_jobs_in_the_prefect_ui(tmp_path, tiny_checkpoint):
 
         dep = _wait(deployment, 180, "the animate deployment", logs.values())
 
-        # B.2: an invalid job created from the deployment, as the UI's run form does
+        # An invalid job created from the deployment, as the UI's run form does
         form_job = {"name": "no-source", "source": {"image": None, "prompt": ""}, "frames": {"prompts": ["a cat"]},
                     "model": {"model": "tiny"}, "output": {"folder": str(out_root / "invalid")}}
         created = _post_when_available(f"{api}/deployments/{dep['id']}/create_flow_run",
@@ -243,7 +243,7 @@ def test_real_jobs_in_the_prefect_ui(tmp_path, tiny_checkpoint):
         assert not any("Traceback" in m for m in run_logs), run_logs
         assert not (out_root / "invalid").exists()
 
-        # A.1: a real tiny job through submit; B.2: a second one whose picture is gone when it runs
+        # A real tiny job through submit; a second one whose picture is gone when it runs
         Image.fromarray(data.chelsea()).resize((96, 64)).save(jobs / "cat.png")
         shutil.copy(jobs / "cat.png", jobs / "gone.png")
         job = {"name": "browser-cat", "source": {"image": "cat.png", "prompt": "a photo of a cat"},
@@ -277,7 +277,7 @@ def test_real_jobs_in_the_prefect_ui(tmp_path, tiny_checkpoint):
         assert _state(api, gone_id)["message"].startswith("Invalid job: source.image: ")
         assert not any("Traceback" in m for m in _run_logs(api, gone_id))
 
-        # A.1 in the browser: the run's artifacts show the animation from the media server
+        # In the browser: the run's artifacts show the animation from the media server
         job_dir = Path(result["job_dir"])
         hash16 = job_dir.name[:16]
 
@@ -316,7 +316,7 @@ def test_real_jobs_in_the_prefect_ui(tmp_path, tiny_checkpoint):
         response = httpx.get(gif_url, timeout=10)
         assert response.status_code == 200 and response.content == Path(result["gif"]).read_bytes()
 
-        # B.2 on the invalid run's page: its state message, no traceback
+        # On the invalid run's page: its state message, no traceback
         driver.get(f"{ui}/runs/flow-run/{invalid_id}")
         try:  # its log (the Logs tab opens first) and the details show the message
             wait.until(lambda d: "Finished in state Failed" in d.find_element(By.TAG_NAME, "body").text)
@@ -325,7 +325,7 @@ def test_real_jobs_in_the_prefect_ui(tmp_path, tiny_checkpoint):
         page = driver.find_element(By.TAG_NAME, "body").text
         assert state["message"] in page and "Traceback" not in page, page
 
-        # B.1: the run form. V1 draws frames.poses as a JSON box; each pose kind has its own section
+        # The run form. V1 draws frames.poses as a JSON box; each pose kind has its own section
         driver.get(f"{ui}/deployments/deployment/{dep['id']}/run")
         wait.until(ec.presence_of_element_located(
             (By.XPATH, "//*[normalize-space(text())='Pose source: driving video (Optional)']")))

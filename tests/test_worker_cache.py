@@ -11,6 +11,7 @@ from flows.execution import worker_cache
 from flows.job.model import AnimationJob, ModelSpec
 from flows.job.plan import control_config, plan_job
 from flows.execution.rendering import ensure_inversion, load_inversion
+from flows.jobdir.layout import folder_name
 
 STEPS = 3
 
@@ -95,7 +96,7 @@ def test_inversion_cold_warm_deleted_and_corrupt(tiny_env, source_png, tmp_path,
     cold = ensure_inversion(request)
     assert cold.computed and cold.stats["inversion_calls"] == STEPS
     folder = Path(cold.path)
-    assert folder.name == request.key[:16] and load_inversion(folder) is not None
+    assert folder.name == folder_name(request.key) and load_inversion(folder) is not None
 
     warm = ensure_inversion(request)
     assert not warm.computed and warm.stats == {}

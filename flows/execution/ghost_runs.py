@@ -38,10 +38,10 @@ from typing import Any, Optional
 from uuid import UUID
 
 from flows.jobdir import frames_io
+from flows.jobdir.layout import JobFolder
 
 log = logging.getLogger(__name__)
 
-RUNNING_FILE = "running.json"
 LEASE_DIR_ENV = "MASACTRL_LEASE_DIR"
 
 
@@ -112,7 +112,7 @@ def _current_run_ids() -> tuple[Optional[UUID], Optional[UUID]]:
 @contextlib.contextmanager
 def running(job_dir: str | os.PathLike, flow_run_id: Optional[UUID]) -> Iterator[Path]:
     """``running.json`` in ``job_dir`` while the block runs (removed at the end, whatever happens)."""
-    path = Path(job_dir) / RUNNING_FILE
+    path = JobFolder(job_dir).running
     record = {
         "flow_run_id": str(flow_run_id) if flow_run_id else None,
         **_me(),
@@ -130,7 +130,7 @@ def running(job_dir: str | os.PathLike, flow_run_id: Optional[UUID]) -> Iterator
 
 def read_running(job_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
     try:
-        data = json.loads((Path(job_dir) / RUNNING_FILE).read_text())
+        data = json.loads(JobFolder(job_dir).running.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -298,7 +298,7 @@ def _clean_up_ghost(job_dir: str | os.PathLike, me: Optional[UUID], logger: Any,
             run_ids = run_ids or [UUID(ghost_id)]
     released = release_leases_of(client, run_ids) if run_ids else []
     with contextlib.suppress(OSError):
-        (Path(job_dir) / RUNNING_FILE).unlink()
+        JobFolder(job_dir).running.unlink()
     logger.warning("Run %s of this job died (%s): marked %d flow run(s) and %d task run(s) Crashed, released %d GPU "
                    "slot lease(s)", ghost_id, message, crashed_flows, crashed_tasks, len(released))
     return {"flow_run_id": ghost_id, "pid": pid, "host": host, "crashed_flow_runs": crashed_flows,

@@ -12,20 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional
 
 from PIL import Image
 from pydantic import BaseModel, Field
 
 from flows.execution import worker_cache
-from flows.job.checks import to_rgb8
+from flows.job.checks import ImageProblem, open_image
+from flows.job.model import JobInputError
 from flows.job.plan import ChunkRequest, FramePlan, InversionRequest, control_config, fit_source
 from flows.jobdir import frames_io, manifest as frame_manifest
+from flows.jobdir.layout import InversionFolder
 from flows.jobdir.manifest import unverified_frames
 
 log = logging.getLogger("flows.execution.rendering")
-SOURCE_DECODE_FILE = "source_decode.png"
-
 
 
 class InversionResult(BaseModel):
@@ -66,16 +65,24 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+def _decoded_source(path: str) -> Image.Image:
+    """The source picture as 8-bit RGB. Validation read only its header, so compressed data that
+    does not decode is found here: an input error naming the field, not a retried traceback."""
+    try:
+        return open_image(path)
+    except ImageProblem as exc:
+        raise JobInputError("source.image", str(exc)) from None
+
+
 def load_inversion(folder: str | Path, device=None, logger: logging.Logger | None = None):
     """The inversion in ``folder``, or None when it is missing, partial or corrupt (said once)."""
     from masactrl_engine import InvertedSource
-    from masactrl_engine.inversion import META_FILE, TENSOR_FILE
 
-    folder = Path(folder)
-    if not (folder / TENSOR_FILE).is_file() and not (folder / META_FILE).is_file():
+    files = InversionFolder(folder)
+    if not files.tensors.is_file() and not files.meta.is_file():
         return None
     try:
-        return InvertedSource.load(folder, device=device)
+        return InvertedSource.load(files.path, device=device)
     except Exception as exc:  # noqa: BLE001 - whatever the reader raises (safetensors, JSON, digest), it is unusable
         (logger or log).warning("Inversion in %s is unreadable or corrupt (%s); inverting again", folder, exc)
         return None
@@ -86,10 +93,11 @@ def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = 
     from masactrl_engine.images import to_output
 
     logger = logger or log
-    folder = Path(request.folder)
+    files = InversionFolder(request.folder)
+    folder = files.path
     t0 = time.perf_counter()
     with frames_io.folder_lock(folder):
-        if load_inversion(folder, logger=logger) is not None and (folder / "source.png").is_file():
+        if load_inversion(folder, logger=logger) is not None and files.source.is_file():
             logger.info("Inversion %s found on disk; reusing it", folder)
             return InversionResult(path=str(folder), computed=False)
 
@@ -99,8 +107,7 @@ def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = 
         with slot.lock:
             before = _stats(slot.engine)
             if request.image is not None:
-                with Image.open(request.image) as img:
-                    source = fit_source(to_rgb8(img), s.width, s.height, request.fit)  # 16-bit scaled (C.6)
+                source = fit_source(_decoded_source(request.image), s.width, s.height, request.fit)
                 inv = slot.engine.invert(source, prompt=request.inversion_prompt, height=s.height, width=s.width)
             else:
                 # MasaCtrl's synthesis: the generation's own trajectory is the source branch, exact and
@@ -113,9 +120,9 @@ def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = 
             # this is the VAE round trip, what the metrics' source PSNR compares with the source.
             decoded = slot.engine.decode(inv.trajectory[:1].to(slot.engine.device, slot.engine.dtype))
         folder.mkdir(parents=True, exist_ok=True)
-        frames_io.save_png_atomic(to_output(decoded, "pil")[0], folder / SOURCE_DECODE_FILE)
+        frames_io.save_png_atomic(to_output(decoded, "pil")[0], files.source_decode)
         # What the engine inverted (it resizes with bicubic filtering), for people and previews.
-        frames_io.save_png_atomic(source.resize((s.width, s.height), Image.Resampling.BICUBIC), folder / "source.png")
+        frames_io.save_png_atomic(source.resize((s.width, s.height), Image.Resampling.BICUBIC), files.source)
         inv.save(folder)
     worker_cache.enforce_budget()
     seconds = time.perf_counter() - t0
@@ -134,7 +141,6 @@ def frame_spec(frame: FramePlan):
 def render_chunk_frames(
     chunk: ChunkRequest,
     logger: logging.Logger | None = None,
-    on_frame: Optional[Callable[[int], None]] = None,
 ) -> ChunkReport:
     """Render the frames of ``chunk`` that are not on disk yet; write each PNG atomically.
 
@@ -182,11 +188,9 @@ def render_chunk_frames(
                 continue
             per_frame = (time.perf_counter() - tb) / len(batch)
             for f, image in zip(batch, images):
-                frame_manifest.write_frame(image, chunk.job_dir, f.index)  # PNG + its digest (C.2)
+                frame_manifest.write_frame(image, chunk.job_dir, f.index)  # PNG + its digest
                 report.rendered.append(f.index)
                 report.frame_seconds[f.index] = per_frame
-                if on_frame is not None:
-                    on_frame(f.index)
             start += len(batch)
         report.stats = _delta(before, _stats(slot.engine))
     worker_cache.enforce_budget()

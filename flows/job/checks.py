@@ -4,10 +4,11 @@ Everything here raises ``ValueError`` with a message that says what is wrong and
 (the job model's validators put the field name in front), or returns a list of
 ``(field, message)`` problems (:func:`environment_problems`) for the CLI to print.
 
-- :func:`open_image` opens a picture safely: the path's length, the pixel count read from the
-  header (a decompression bomb is refused before any pixel is decoded), then the whole image
-  decoded (a PNG with corrupt zlib data but valid CRCs passes ``verify()`` and fails here), and
-  high-bit-depth modes scaled to 8 bits (:func:`to_rgb8`).
+- :func:`image_header` checks a picture without decoding it (validation): the path's length, the
+  format, the pixel count read from the header (a decompression bomb is refused before any pixel
+  is decoded), the pixel mode, and a PNG's chunks and checksums (a cut file). :func:`open_image`
+  decodes it where the pixels are needed (a PNG with corrupt zlib data under valid checksums
+  fails only there) and scales high-bit-depth modes to 8 bits (:func:`to_rgb8`).
 - :func:`safetensors_problem`, :func:`torch_checkpoint_problem`: whether a LoRA or detector
   weights file is whole and of its format, from its header alone.
 - :func:`input_root_problem`, :func:`output_root_problem`: paths outside the folders a server
@@ -21,12 +22,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import tempfile
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pose_sources.images import to_rgb8
 
@@ -52,45 +56,101 @@ def path_length_problem(path: str | os.PathLike) -> Optional[str]:
     return None
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
-    """Open, size-check and fully decode a picture; returns it as 8-bit RGB.
+class ImageProblem(ValueError):
+    """A picture that cannot be used; the message names the file, what is wrong and the fix."""
 
-    Raises ValueError naming the problem and the fix (missing file, path too long, too many
-    pixels, not an image, corrupt image data).
-    """
+
+class ImageHeader(NamedTuple):
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+# What cameras, phones and editors save a picture as (Pillow's JPEG reader also opens a phone's
+# MPO). Pillow opens more formats than these, some by running other programs (EPS: Ghostscript).
+SOURCE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+# Pixel modes to_rgb8 turns into 8-bit RGB (16-bit and float greyscale scaled, not clipped).
+SOURCE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                          "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_FIX = "give an intact PNG or JPEG file"
+
+
+def _too_many_pixels(text: str, pixels: Optional[int], limit: int) -> ImageProblem:
+    size = f"{pixels / 1e6:.0f} MP" if pixels else "too many pixels"
+    return ImageProblem(f"{text!r} is {size}, more than the limit of {limit / 1e6:.0f} MP; scale the picture down "
+                        f"(frames are at most {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE})")
+
+
+@contextmanager
+def _opened(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+    """The picture opened lazily (header only) once its path, format, pixel count and mode are
+    checked; any error reading it, then or inside the block, becomes an ImageProblem."""
     text = os.fspath(path)
     problem = path_length_problem(text)
     if problem:
-        raise ValueError(f"{problem}; move the file to a shorter path")
+        raise ImageProblem(f"{problem}; move the file to a shorter path")
     try:
         if not Path(text).expanduser().is_file():
-            raise ValueError(f"{text!r} does not exist or is not a file; give the path of a picture")
+            raise ImageProblem(f"{text!r} does not exist or is not a file; give the path of a picture")
+        empty = Path(text).expanduser().stat().st_size == 0
     except OSError as exc:
-        raise ValueError(f"{text!r} cannot be accessed ({exc.strerror or exc})") from None
-    previous = Image.MAX_IMAGE_PIXELS
+        raise ImageProblem(f"{text!r} cannot be accessed ({exc.strerror or exc})") from None
+    if empty:
+        raise ImageProblem(f"{text!r} is empty; {_FIX}")
     try:
-        Image.MAX_IMAGE_PIXELS = None  # our limit below; Pillow's own warns or raises mid-way
-        with Image.open(Path(text).expanduser()) as img:
+        # Image.MAX_IMAGE_PIXELS is left as it is: one setting for the whole process. At its
+        # default (89 MP) Pillow passes every picture within MAX_SOURCE_PIXELS (67 MP); it warns
+        # from 89 MP (refused just below) and raises in open() from 179 MP, before a pixel is
+        # decoded, which is reported like our own limit.
+        with Image.open(Path(text).expanduser(), formats=SOURCE_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ValueError(
-                    f"{text!r} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), more than the limit of "
-                    f"{max_pixels / 1e6:.0f} MP; scale the picture down (frames are at most "
-                    f"{MAX_FRAME_SIDE}x{MAX_FRAME_SIDE})")
-            img.load()  # decode everything: corrupt compressed data only shows here
-            return to_rgb8(img)
-    except ValueError:
+                raise _too_many_pixels(text, width * height, max_pixels)
+            if img.mode not in SOURCE_MODES:
+                raise ImageProblem(f"{text!r} has pixel mode {img.mode!r}, which is not turned into RGB here; save "
+                                   "it as an 8-bit RGB PNG or JPEG")
+            yield img
+    except ImageProblem:
         raise
-    except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
-        raise ValueError(f"{text!r} is not a readable image ({exc}); give an intact PNG or JPEG file") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds limit of ..."
+        pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise _too_many_pixels(text, int(found.group(1)) if found else None,
+                               min(max_pixels, pillow_limit) if pillow_limit else max_pixels) from None
+    except UnidentifiedImageError:
+        raise ImageProblem(f"{text!r} is not a picture in a format read here ({', '.join(SOURCE_FORMATS)}); "
+                           f"{_FIX}") from None
+    except (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error) as exc:
+        raise ImageProblem(f"{text!r} is not a readable image ({exc}); {_FIX}") from None
+
+
+def image_header(path: str | os.PathLike, max_pixels: int = MAX_SOURCE_PIXELS) -> ImageHeader:
+    """Check a picture without decoding its pixels: path length, format, pixel count (a
+    decompression bomb is refused from its header), pixel mode, and for a PNG its structure (every
+    chunk there with a valid checksum: a cut or damaged file is refused). Raises ImageProblem.
+
+    A PNG whose compressed pixel data is garbage under valid checksums passes: only decoding
+    finds that, which :func:`open_image` does where the pixels are used."""
+    with _opened(path, max_pixels) as img:
+        header = ImageHeader(img.format or "", img.width, img.height, img.mode)
+        img.verify()  # PNG: reads the chunks and their CRCs, decompresses nothing
+    return header
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
+    """The picture decoded, as 8-bit RGB (:func:`to_rgb8`), after the checks of :func:`image_header`
+    but the PNG checksums (validation checked them). Raises ImageProblem, e.g. for compressed data
+    that does not decode or a JPEG cut short."""
+    with _opened(path, max_pixels) as img:
+        img.load()
+        return to_rgb8(img)
 
 
 # ------------------------------------------------------------------ weights files, by their header
 # Validation reads headers only: a LoRA or detector checkpoint can be gigabytes, and a file that
 # is empty, cut short or of another format must be named with its field before anything loads
-# it (issue 17: a picture renamed .safetensors crashed `validate` with safetensors' traceback).
+# it (a picture renamed .safetensors crashed `validate` with safetensors' traceback).
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit on the JSON header (MAX_HEADER_SIZE)
 _SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,

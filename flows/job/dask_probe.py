@@ -106,7 +106,7 @@ def dask_problem(address: Optional[str], timeout: float = 5.0) -> Optional[str]:
     """Why no Dask scheduler answers at ``address``, or None: within ``timeout`` s in all, a
     TCP connection, Dask's handshake and the server's ``identity``, which must say 'Scheduler'.
 
-    Opening a connection is not enough (issue 17): a Dask client pointed at an HTTP server reads
+    Opening a connection is not enough: a Dask client pointed at an HTTP server reads
     the reply as a message length, then hangs or dies allocating exabytes. This speaks just
     enough of Dask's protocol, with every length bounded, to tell a scheduler from anything else.
     """

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from flows.job.model import POSE_FIELDS, AnimationJob
 from flows.job.plan import plan_job
-from flows.jobdir.frames_io import RESULT_FILE
+from flows.jobdir.layout import JobFolder
 from flows.jobdir.manifest import all_verified
 
 JOB_SUFFIXES = (".yaml", ".yml", ".json")
@@ -56,7 +56,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     An alias makes a node shared, not copied, but everything after composing (the duplicate-key
     walk, pydantic) expands it: nine levels of nine aliases ("billion laughs") are 9**9 values
-    from a 1 kB file and kept `validate` busy for minutes (issue 17). Job files have no use for
+    from a 1 kB file and kept `validate` busy for minutes. Job files have no use for
     them, so the first anchor or alias is an error naming its line. Nesting is bounded too, so a
     file of thousands of '[' is an error, not a RecursionError.
     """
@@ -92,7 +92,7 @@ def _load_yaml(text: str, check_duplicates: bool = True) -> Any:
 
 
 def _reject_duplicate_yaml_keys(node, where: str = "") -> None:
-    """YAML keeps the last of two equal keys without a word; a job file must not (C.4)."""
+    """YAML keeps the last of two equal keys without a word; a job file must not."""
     if isinstance(node, yaml.MappingNode):
         seen: dict = {}
         for key_node, value_node in node.value:
@@ -306,7 +306,7 @@ def job_files(folder: str | Path) -> list[Path]:
 def finished_result(job: AnimationJob) -> Optional[Path]:
     """The result.json of the job's folder when the job already finished (outputs still on disk)."""
     plan = plan_job(job, write=False)
-    result = Path(plan.job_dir) / RESULT_FILE
+    result = JobFolder(plan.job_dir).result
     if not result.is_file():
         return None
     try:

@@ -23,12 +23,13 @@ from pose_sources import PoseSpec
 from pose_sources.spec import ImageSpec, KeyframesSpec, OpenPoseJsonSpec, PoseImagesSpec, VideoSpec
 
 from flows.job.checks import (
+    image_header,
     input_root_problem,
-    open_image,
     output_root_problem,
     safetensors_problem,
     weights_files_problem,
 )
+from flows.job.hashing import NotHashed
 from flows.job.runner_settings import RunnerSettings
 from flows.job.sweep_axes import SweepError, flatten, frame_list, parse_axes
 
@@ -50,42 +51,13 @@ class _Model(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, value, info):
         # pydantic's lax mode reads `true` as 1 for int and float fields: `chunk_size: true` is a
-        # mistake, not a number (C.4).
+        # mistake, not a number.
         if isinstance(value, bool) and info.field_name in cls.model_fields:
             annotation = cls.model_fields[info.field_name].annotation
             if annotation in (int, float) or set(getattr(annotation, "__args__", ())) & {int, float} and \
                     bool not in getattr(annotation, "__args__", ()):
                 raise ValueError(f"{str(value).lower()} is not a number; write a number such as 4")
         return value
-
-
-class NotHashed:
-    """Field marker: this field is not part of the content hashes (the job folder, which is the
-    frame cache). Either it cannot change a pixel (device, runner, file formats), or its content
-    is hashed instead of its value (an image's bytes rather than its path)."""
-
-    def __init__(self, why: str):
-        self.why = why
-
-
-def pixel_dump(model: BaseModel) -> dict[str, Any]:
-    """``model_dump(mode="json")`` without the fields marked :class:`NotHashed`, recursively.
-
-    Content hashes are computed from this, never from a hand-written list of fields, so a new
-    setting is hashed the moment it exists.
-    """
-    out: dict[str, Any] = {}
-    for name, info in type(model).model_fields.items():
-        if any(isinstance(m, NotHashed) for m in info.metadata):
-            continue
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            out[name] = pixel_dump(value)
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, BaseModel) for v in value):
-            out[name] = [pixel_dump(v) for v in value]
-        else:
-            out[name] = model.model_dump(mode="json", include={name})[name]
-    return out
 
 
 def _looks_local(text: str) -> bool:
@@ -128,7 +100,7 @@ def check_output_folder(path: Path) -> Path:
     if resolved == Path(resolved.anchor) or resolved == Path.home():
         raise ValueError(f"{text!r} is the filesystem root or the home folder; use a subfolder such as 'out'")
 
-    if (outside := output_root_problem(expanded)):  # $MASACTRL_OUTPUT_ROOT (server runs, C.5)
+    if (outside := output_root_problem(expanded)):  # $MASACTRL_OUTPUT_ROOT (server runs)
         raise ValueError(outside)
     return expanded
 
@@ -174,11 +146,13 @@ class SourceSpec(_Model):
         if value is None or str(value).strip() in ("", "."):
             return None
 
-        # Outside $MASACTRL_INPUT_ROOTS (server runs, C.5): refused before the file is even opened.
+        # Outside $MASACTRL_INPUT_ROOTS (server runs): refused before the file is even opened.
         if (outside := input_root_problem(value)):
             raise ValueError(outside)
-        # Path length, pixel limit from the header (decompression bombs), then a full decode (C.4).
-        open_image(value)
+        # From the file's header, without decoding a pixel (this runs at every validation): path
+        # length, format, pixel count (a decompression bomb), mode, a PNG's chunks and checksums.
+        # The pixels are decoded where they are used; corrupt compressed data fails there.
+        image_header(value)
         return Path(value).expanduser().absolute()
 
     @field_validator("subject")
@@ -353,7 +327,7 @@ class LoraSpec(_Model):
 
 def _check_lora_file(value: str) -> None:
     """The local LoRA file (or the one in a LoRA folder) must be a whole safetensors file. From its
-    header only: what is not would crash `validate` inside safetensors (issue 17)."""
+    header only: what is not would crash `validate` inside safetensors."""
     from masactrl_engine import EngineInputError
     from masactrl_engine.loading import lora_file
 
@@ -492,7 +466,7 @@ class RenderSettings(_Model):
     )
     anchor_frame: int = Field(0, ge=0, strict=True, description="'anchor' only: index of the anchor frame.")
     anchor_weight: float = Field(
-        1.0, gt=0.0, le=100.0,
+        1.0, gt=0.0, allow_inf_nan=False,  # the engine's own bounds: any finite weight above 0
         description="'anchor' only: weight of the anchor frame against the source (above 1 leans on the anchor, "
         "below 1 on the source).",
     )
@@ -646,7 +620,7 @@ class AnimationJob(_Model):
 
     model_config = ConfigDict(title="Animation job")
 
-    name: Optional[str] = Field(
+    name: Annotated[Optional[str], NotHashed("a label for runs and folders")] = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Optional label for runs and logs."
     )
     source: SourceSpec = Field(description="The source picture (or the prompt to generate it from).")
@@ -655,10 +629,13 @@ class AnimationJob(_Model):
     # deployment names a default checkpoint.
     model: ModelSpec = Field(default_factory=dict, validate_default=True, description="Checkpoint and ControlNet.")
     settings: RenderSettings = Field(default_factory=RenderSettings, description="Size, steps, guidance, MasaCtrl window.")
-    output: OutputSpec = Field(default_factory=OutputSpec, description="Output folder and formats.")
-    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Task runner for the render tasks.")
-    quality: QualitySpec = Field(default_factory=QualitySpec, description="Metrics measured on the finished frames.")
-    sweep: Optional[SweepSection] = Field(
+    output: Annotated[OutputSpec, NotHashed("where and how results are written")] = Field(
+        default_factory=OutputSpec, description="Output folder and formats.")
+    execution: Annotated[ExecutionSpec, NotHashed("where frames are computed, not what they are")] = Field(
+        default_factory=ExecutionSpec, description="Task runner for the render tasks.")
+    quality: Annotated[QualitySpec, NotHashed("measured after the frames are rendered")] = Field(
+        default_factory=QualitySpec, description="Metrics measured on the finished frames.")
+    sweep: Annotated[Optional[SweepSection], NotHashed("the sweep itself")] = Field(
         None, description="Optional grid of settings for `masactrl-animate sweep` (ignored by a plain run).")
 
     @model_validator(mode="before")
@@ -739,14 +716,46 @@ class JobInputError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def describe_validation_error(exc: ValidationError) -> list[str]:
-    """One line per problem: 'field.path: message' (for CLIs and logs)."""
-    lines = []
+class InvalidJob(ValueError):
+    """A job refused for ``(field, message)`` problems: the model's rules (``from_validation_error``)
+    or what a worker finds after them (paths outside the roots, what this machine cannot give the
+    job, a subject word past the text encoder's limit); str(): them all, "; "-joined."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.lines))
+
+    @property
+    def lines(self) -> list[str]:
+        return [f"{field}: {message}" if field else message for field, message in self.problems]
+
+    @classmethod
+    def from_validation_error(cls, exc: ValidationError) -> "InvalidJob":
+        return cls(validation_problems(exc))
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field.path, message)`` per problem; the field is "" where the message names it already."""
+    problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
         # Discriminated unions put the tag in the location ("frames.poses.openpose_json.path").
         msg = err.get("msg", "")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        lines.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
-    return lines
+        problems.append((loc, msg) if loc and not msg.startswith(loc) else ("", msg))
+    return problems
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem: 'field.path: message' (for CLIs and logs)."""
+    return InvalidJob.from_validation_error(exc).lines
+
+
+def problem_lines(exc: Exception) -> list[str]:
+    """What is wrong with a refused job, one line per problem, whichever error refused it."""
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)
+    if isinstance(exc, InvalidJob):
+        return exc.lines
+    return [str(exc)]

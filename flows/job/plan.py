@@ -21,11 +21,15 @@ from typing import Annotated, Any, Optional
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+import pose_sources
 from pose_sources.load import centre_crop
 
 from flows.job.checkpoints import model_configs, model_identity, resolve_model
-from flows.job.model import AnimationJob, JobInputError, ModelSpec, NotHashed, RenderSettings, pixel_dump
+from flows.job.checks import ImageProblem, open_image
+from flows.job.hashing import NotHashed, pixel_dump
+from flows.job.model import AnimationJob, JobInputError, ModelSpec, RenderSettings
 from flows.jobdir import frames_io, stale_files
+from flows.jobdir.layout import InversionFolder, JobFolder
 
 # Bump when the meaning of a job folder changes (file names, hashing), so old folders are not reused.
 PLAN_FORMAT = 2
@@ -168,19 +172,28 @@ class JobPlan(BaseModel):
     def size(self) -> tuple[int, int]:
         return self.engine.settings.width, self.engine.settings.height
 
-    def chunks(self, chunk_size: int, batch_size: int, inversion_dir: str) -> list[ChunkRequest]:
+    def chunks(self, chunk_size: int, batch_size: int, inversion_dir: str,
+               indices: Optional[list[int]] = None, first_index: int = 0) -> list[ChunkRequest]:
+        """The requests that render the job's frames, ``chunk_size`` frames each, numbered from
+        ``first_index``. With ``indices`` only those frames (a sweep's sample): they keep their own
+        indices, and every chunk the job's folder, engine and anchor, so the files are a full run's."""
+        if indices is None:
+            frames = self.frames
+        else:
+            wanted = set(indices)
+            frames = [f for f in self.frames if f.index in wanted]
         return [
             ChunkRequest(
-                index=k,
+                index=first_index + k,
                 job_dir=self.job_dir,
                 inversion_dir=inversion_dir,
                 source_prompt=self.source_prompt,
-                frames=self.frames[start : start + chunk_size],
+                frames=frames[start : start + chunk_size],
                 batch_size=batch_size,
                 engine=self.engine,
                 anchor=self.anchor,
             )
-            for k, start in enumerate(range(0, len(self.frames), chunk_size))
+            for k, start in enumerate(range(0, len(frames), chunk_size))
         ]
 
     @property
@@ -225,19 +238,14 @@ def resolve_pose_maps(job: AnimationJob) -> Optional[tuple[list, list]]:
     counts and sizes checked."""
     if job.frames.poses is None:
         return None
-    import pose_sources
-
     size = (job.settings.width, job.settings.height)
     source = None
-    if getattr(job.frames.poses, "retarget", "none") == "source":
-        if job.source.image is None:
-            raise JobInputError("frames.poses.retarget", "'source' needs a source image to find the subject in; "
-                                "give source.image, or set frames.poses.retarget: none in synthesis mode")
-        from PIL import Image
-
-
-        with Image.open(job.source.image) as image:  # the same crop the inversion sees, at full resolution
-            source = fit_source(image.convert("RGB"), size[0], size[1], job.source.fit)
+    # Without a source image (synthesis), pose_sources itself says that `retarget: source` needs one.
+    if getattr(job.frames.poses, "retarget", "none") == "source" and job.source.image is not None:
+        try:  # the same crop the inversion sees, at full resolution
+            source = fit_source(open_image(job.source.image), size[0], size[1], job.source.fit)
+        except ImageProblem as exc:
+            raise JobInputError("source.image", str(exc)) from None
     try:
         seq = pose_sources.load(job.frames.poses, size=size, source_image=source)
         maps = seq.render(size)
@@ -251,7 +259,8 @@ def resolve_pose_maps(job: AnimationJob) -> Optional[tuple[list, list]]:
     return maps, list(seq.poses)
 
 
-def apply_overrides(job: AnimationJob, frames: list[FramePlan]) -> list[FramePlan]:
+def frames_with_overrides(job: AnimationJob, frames: list[FramePlan]) -> list[FramePlan]:
+    """The frames with the job's per-frame overrides (``frames.overrides``) applied."""
     frames = list(frames)
     for k, override in enumerate(job.frames.overrides):
         if override.index >= len(frames):
@@ -311,8 +320,8 @@ def inversion_request(job: AnimationJob, image_sha256: Optional[str]) -> Inversi
         model=job.model.model_copy(update={"controlnet": None}),
         settings=inversion_settings(job),
     )
-    folder = Path(job.output.folder).absolute() / "inversions" / unfolded.key[:16]
-    return unfolded.model_copy(update={"folder": str(folder)})
+    folder = InversionFolder.of(job.output.folder, unfolded.key)
+    return unfolded.model_copy(update={"folder": str(folder.path)})
 
 
 def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
@@ -326,12 +335,13 @@ def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
         raise JobInputError("frames.prompts", "no frames to render; give at least one prompt")
     pose_digests = [sha256_image_pixels(m) for m in maps] if maps is not None else [None] * len(prompts)
     frames = [FramePlan(index=i, prompt=p, pose_sha256=d) for i, (p, d) in enumerate(zip(prompts, pose_digests))]
-    frames = apply_overrides(job, frames)
+    frames = frames_with_overrides(job, frames)
     check_settings_against_frames(job, len(frames))
     inversion = inversion_request(job, image_sha)
     engine = EngineRequest.from_job(job)
     digest = job_hash(inversion, engine, job.source.prompt, frames)
-    job_dir = Path(job.output.folder).absolute() / digest[:16]
+    folder = JobFolder.of(job.output.folder, digest)
+    job_dir = folder.path
 
     if maps is not None:
         existing = frames_io.read_poses_index(job_dir)
@@ -341,8 +351,8 @@ def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
         paths = paths or [frames_io.pose_path(job_dir, i) for i in range(len(maps))]
         frames = [f.model_copy(update={"pose": str(p)}) for f, p in zip(frames, paths)]
     if write:
-        stale_files.remove_stale_temp_files(job_dir)  # left by a killed earlier run (C.8)
-        frames_io.write_json_atomic(job_dir / frames_io.JOB_FILE, {"job_hash": digest, "job": job.model_dump(mode="json")})
+        stale_files.remove_stale_temp_files(job_dir)  # left by a killed earlier run
+        frames_io.write_json_atomic(folder.job_file, {"job_hash": digest, "job": job.model_dump(mode="json")})
     return JobPlan(
         job_hash=digest,
         job_dir=str(job_dir),

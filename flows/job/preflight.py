@@ -99,9 +99,9 @@ def confinement_problems(job, environ=None) -> list[tuple[str, str]]:
 
 def run_problems(job, environ=None) -> list[tuple[str, str]]:
     """What a flow run refuses right after validating its job, as ``(field, message)`` pairs: paths
-    outside the configured roots (C.5; then nothing else is probed there), what this worker cannot
+    outside the configured roots (then nothing else is probed there), what this worker cannot
     give the job (writable output folder, CUDA, Dask scheduler, cached hub model), and a subject
-    word that the text encoder never reads (C.4, flows/job/prompt_limits.py)."""
+    word that the text encoder never reads (flows/job/prompt_limits.py)."""
     confined = confinement_problems(job, environ)
     if confined:
         return confined

@@ -1,4 +1,4 @@
-"""Prompts against the text encoder's token limit (issue 13 C.4, C.6), checked before any work.
+"""Prompts against the text encoder's token limit, checked before any work.
 
 The CLIP text encoders of SD 1.x/2.x/XL read 77 tokens (start and end marks included); the
 engine cuts longer prompts there (``masactrl_engine.conditioning``), and looks the subject's
@@ -155,7 +155,7 @@ def check_prompts(job) -> PromptReport:
                         f"{found[0]} of {len(full)}), so the model never reads it and no subject mask can be made; "
                         f"move {word!r} towards the front of that prompt or shorten it")))
 
-    # C.6: prompts the encoder cannot tell apart although their text differs.
+    # Prompts the encoder cannot tell apart although their text differs.
     groups: dict[tuple[int, ...], list[tuple[str, str]]] = {}
     for name, prompt in fields:
         if name == "source.prompt" or name.startswith("frames."):

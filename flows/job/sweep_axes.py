@@ -22,10 +22,10 @@ from typing import Annotated, Any, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from flows.job.hashing import not_hashed_reason
+
 MAX_CELLS = 256
 DEFAULT_SWEEP_FRAMES = 4
-# Sections whose fields do not change the frames: sweeping them would render the same cell twice.
-NOT_SWEEPABLE = ("name", "output", "execution", "quality", "sweep")
 
 
 class SweepError(ValueError):
@@ -128,15 +128,16 @@ def field_adapter(key: str, model: type[BaseModel]) -> TypeAdapter:
     parts = key.split(".")
     if any(not p for p in parts):
         raise SweepError(f"sweep {key}: empty part in the key; use dotted keys such as settings.start_step")
-    if parts[0] in NOT_SWEEPABLE:
-        raise SweepError(f"sweep {key}: {parts[0]} does not change the frames; sweep render settings such as "
-                         "settings.start_step, settings.start_layer, settings.controlnet_scale")
     for i, part in enumerate(parts):
         here = ".".join(parts[:i]) or "the job"
         fields = model.model_fields
         if part not in fields:
             raise SweepError(f"sweep {key}: {here} has no field {part!r}; its fields are {', '.join(fields)}")
         info = fields[part]
+        if (why := not_hashed_reason(info)) is not None:
+            # Sweeping it would render the same cell twice (the markers also keep it out of the hashes).
+            raise SweepError(f"sweep {key}: {'.'.join(parts[: i + 1])} does not change the frames ({why}); sweep "
+                             "render settings such as settings.start_step, settings.start_layer, settings.controlnet_scale")
         inner = _model_in(info.annotation)
         last = i == len(parts) - 1
         if not last:

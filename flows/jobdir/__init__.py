@@ -1,2 +1,2 @@
-"""The one owner of an output folder's layout: file names, atomic writes, frame digests, stale
-temporary files and stitching. No Prefect."""
+"""The output folder on disk: its layout (``layout``: every folder and file name, defined once),
+atomic writes, frame digests, stale temporary files and stitching. No Prefect."""

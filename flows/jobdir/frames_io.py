@@ -1,14 +1,6 @@
-"""Files of a job folder: atomic writes, frame/pose file names, what is already on disk.
+"""Files of a job folder: atomic writes, frames and pose maps, what is already on disk.
 
-A job folder (``<output.folder>/<job hash>``) holds::
-
-    job.json            the job as submitted (for people; the hash is in the folder name)
-    poses/pose_0000.png the resolved pose maps (only when the job has poses)
-    poses/index.json    written last: the pose maps above are complete
-    frames/frame_0000.png
-    animation.gif, animation.mp4, contact_sheet.png, side_by_side.{gif,mp4}
-    result.json         written last: the job finished; the inbox skips jobs that have it
-
+Where each file goes is ``flows.jobdir.layout`` (its docstring draws the whole output folder).
 Every file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a crash leaves either the old file, the new one or nothing: never half a PNG.
 """
@@ -26,11 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-FRAMES_DIR = "frames"
-POSES_DIR = "poses"
-POSES_INDEX = "index.json"
-RESULT_FILE = "result.json"
-JOB_FILE = "job.json"
+from flows.jobdir import layout
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -59,7 +47,7 @@ def _new_temp_file(path: Path) -> Path:
     would make it 0600). O_EXCL makes the name ours alone.
     """
     for _ in range(100):
-        tmp = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}"
+        tmp = layout.temp_path(path, secrets.token_hex(6))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
@@ -83,11 +71,11 @@ def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
 
 
 def frame_path(job_dir: str | os.PathLike, index: int) -> Path:
-    return Path(job_dir) / FRAMES_DIR / f"frame_{index:04d}.png"
+    return layout.JobFolder(job_dir).frame(index)
 
 
 def pose_path(job_dir: str | os.PathLike, index: int) -> Path:
-    return Path(job_dir) / POSES_DIR / f"pose_{index:04d}.png"
+    return layout.JobFolder(job_dir).pose(index)
 
 
 def is_complete_png(path: str | os.PathLike, size: tuple[int, int] | None = None) -> bool:
@@ -107,19 +95,20 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 def write_poses(job_dir: str | os.PathLike, maps: list[Image.Image], keypoints: list[str] | None = None) -> list[Path]:
     """Write the pose maps (and, when given, each frame's requested keypoints as OpenPose JSON,
     ``pose_0000.json``, for the pose-fidelity metric), then the index that says they are complete."""
+    folder = layout.JobFolder(job_dir)
     for i, text in enumerate(keypoints or ()):
-        write_bytes_atomic(pose_path(job_dir, i).with_suffix(".json"), text.encode("utf-8"))
-    paths = [save_png_atomic(m.convert("RGB"), pose_path(job_dir, i)) for i, m in enumerate(maps)]
-    write_json_atomic(Path(job_dir) / POSES_DIR / POSES_INDEX, {"count": len(paths), "files": [p.name for p in paths]})
+        write_bytes_atomic(folder.pose_keypoints(i), text.encode("utf-8"))
+    paths = [save_png_atomic(m.convert("RGB"), folder.pose(i)) for i, m in enumerate(maps)]
+    write_json_atomic(folder.poses_index, {"count": len(paths), "files": [p.name for p in paths]})
     return paths
 
 
 def read_poses_index(job_dir: str | os.PathLike) -> list[Path] | None:
     """Pose files written by an earlier run of the same job, or None when they are not complete."""
-    index = Path(job_dir) / POSES_DIR / POSES_INDEX
+    folder = layout.JobFolder(job_dir)
     try:
-        doc = json.loads(index.read_text())
-        paths = [Path(job_dir) / POSES_DIR / name for name in doc["files"]]
+        doc = json.loads(folder.poses_index.read_text())
+        paths = [folder.poses_dir / name for name in doc["files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if len(paths) != doc.get("count") or not all(is_complete_png(p) for p in paths):
@@ -133,7 +122,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
     jobs on one source invert it once, two identical runs render once, parallel workers write the
     tiny checkpoint once. The second waits, then finds the work on disk."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
+    with open(layout.lock_path(folder), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

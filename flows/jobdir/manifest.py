@@ -31,10 +31,10 @@ from pathlib import Path
 from PIL import Image
 
 from flows.jobdir import frames_io
+from flows.jobdir.layout import digest_path
 
 log = logging.getLogger("flows.jobdir.manifest")
 
-DIGEST_SUFFIX = ".sha256"
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
@@ -45,12 +45,6 @@ class CorruptFrameError(RuntimeError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}; run the job again to render this frame anew")
-
-
-def digest_path(frame: str | os.PathLike) -> Path:
-    """The manifest file of a frame PNG: ``frame_0001.png`` -> ``frame_0001.sha256``."""
-    frame = Path(frame)
-    return frame.with_suffix(DIGEST_SUFFIX)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -1,4 +1,4 @@
-"""Temporary files a killed run left in its job folder (issue 13 C.8).
+"""Temporary files a killed run left in its job folder.
 
 ``frames_io.atomic_write`` writes every file under a hidden temporary name beside its target,
 ``.<stem>.<random token>.tmp<suffix>`` (e.g. ``.animation.3f9c2a1b07de.tmp.mp4``), and moves it
@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
-from flows.jobdir import frames_io
+from flows.jobdir.layout import JOB_FILE, TEMP_NAME, JobFolder
 
 log = logging.getLogger("flows.jobdir.stale_files")
 
-# ".<stem>.<token>.tmp<.suffix>": tempfile.mkstemp's 8 characters or a hex token.
-TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<token>[A-Za-z0-9_]{6,32})\.tmp(?P<suffix>\.[A-Za-z0-9]{1,8})?$")
 GRACE_SECONDS = 5.0
-SUBFOLDERS = ("", frames_io.FRAMES_DIR, frames_io.POSES_DIR)
 
 
 def remove_stale_temp_files(job_dir: str | os.PathLike, started: float | None = None,
@@ -38,11 +34,12 @@ def remove_stale_temp_files(job_dir: str | os.PathLike, started: float | None = 
     logs one line when anything was.
     """
     started = time.time() if started is None else started
-    return _remove(job_dir, SUBFOLDERS, lambda entry, match: entry.stat(follow_symlinks=False).st_mtime < started - grace)
+    return _remove(job_dir, JobFolder(job_dir).temp_folders,
+                   lambda entry, match: entry.stat(follow_symlinks=False).st_mtime < started - grace)
 
 
 # Written by plan_job before the job lock is taken (a concurrent run may be writing them now).
-_WRITTEN_OUTSIDE_THE_LOCK = (frames_io.JOB_FILE.rsplit(".", 1)[0],)
+_WRITTEN_OUTSIDE_THE_LOCK = (Path(JOB_FILE).stem,)
 
 
 def remove_abandoned_temp_files(job_dir: str | os.PathLike) -> list[Path]:
@@ -53,16 +50,16 @@ def remove_abandoned_temp_files(job_dir: str | os.PathLike) -> list[Path]:
     writing into it; it then writes into an unlinked file). Files that ``plan_job`` writes before
     the lock (job.json, poses/) keep the grace of :func:`remove_stale_temp_files`.
     """
-    return _remove(job_dir, ("", frames_io.FRAMES_DIR),
+    folder = JobFolder(job_dir)
+    return _remove(job_dir, (folder.path, folder.frames_dir),
                    lambda entry, match: match.group("stem") not in _WRITTEN_OUTSIDE_THE_LOCK)
 
 
-def _remove(job_dir, subfolders, abandoned) -> list[Path]:
-    """Remove the temp files in ``subfolders`` of ``job_dir`` for which ``abandoned(entry, match)``;
+def _remove(job_dir, folders, abandoned) -> list[Path]:
+    """Remove the temp files in ``folders`` (of ``job_dir``) for which ``abandoned(entry, match)``;
     log one line when anything was removed."""
     removed: list[Path] = []
-    for sub in subfolders:
-        folder = Path(job_dir) / sub
+    for folder in folders:
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):

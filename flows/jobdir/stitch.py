@@ -15,6 +15,7 @@ import numpy as np
 from PIL import GifImagePlugin, Image
 
 from flows.jobdir.frames_io import atomic_write, load_rgb, save_png_atomic
+from flows.jobdir.layout import JobFolder
 from flows.jobdir.manifest import load_verified_frame
 
 
@@ -128,10 +129,10 @@ def stitch_outputs(
     mp4: bool = True,
     loop: int = 0,
     pose_paths: Sequence[str | os.PathLike] | None = None,
-    stem: str = "animation",
     verify_frames: bool = False,
 ) -> dict[str, str]:
-    """Everything a finished job shows: returns {"gif", "mp4", "contact_sheet", "side_by_side_gif", ...}: path.
+    """Everything a finished job shows, written into ``out_dir`` under the job folder's names
+    (``flows.jobdir.layout``): returns {"gif", "mp4", "contact_sheet", "side_by_side_gif", ...}: path.
 
     ``verify_frames``: load every frame through the frame manifest (``flows.jobdir.manifest``), so
     a frame that does not match its digest stops the stitch with an error naming the file, before
@@ -141,18 +142,18 @@ def stitch_outputs(
         frames = [load_verified_frame(p) for p in frame_paths]
     else:
         frames = [load_rgb(p) for p in frame_paths]
-    out_dir = Path(out_dir)
+    out = JobFolder(out_dir)
     outputs: dict[str, str] = {}
     if gif:
-        outputs["gif"] = str(write_gif(frames, out_dir / f"{stem}.gif", fps, loop))
+        outputs["gif"] = str(write_gif(frames, out.gif, fps, loop))
     if mp4:
-        outputs["mp4"] = str(write_mp4(frames, out_dir / f"{stem}.mp4", fps))
-    outputs["contact_sheet"] = str(save_png_atomic(contact_sheet(frames), out_dir / "contact_sheet.png"))
+        outputs["mp4"] = str(write_mp4(frames, out.mp4, fps))
+    outputs["contact_sheet"] = str(save_png_atomic(contact_sheet(frames), out.contact_sheet))
     if pose_paths:
         pairs = side_by_side([load_rgb(p) for p in pose_paths], frames)
-        outputs["side_by_side_png"] = str(save_png_atomic(contact_sheet(pairs), out_dir / "side_by_side.png"))
+        outputs["side_by_side_png"] = str(save_png_atomic(contact_sheet(pairs), out.side_by_side(".png")))
         if gif:
-            outputs["side_by_side_gif"] = str(write_gif(pairs, out_dir / "side_by_side.gif", fps, loop))
+            outputs["side_by_side_gif"] = str(write_gif(pairs, out.side_by_side(".gif"), fps, loop))
         if mp4:
-            outputs["side_by_side_mp4"] = str(write_mp4(pairs, out_dir / "side_by_side.mp4", fps))
+            outputs["side_by_side_mp4"] = str(write_mp4(pairs, out.side_by_side(".mp4"), fps))
     return outputs

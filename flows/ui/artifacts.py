@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 from uuid import UUID
 
-from flows.jobdir import frames_io
+from flows.jobdir.layout import JobFolder, folder_name
 from flows.ui.media import media_url
 
-HASH_CHARS = 16  # job folders and artifact keys use the first 16 hex digits of the job hash
 _NAME_CHARS = 40  # of the job name in a key: keys stay readable in the UI's lists
 MAX_THUMBNAILS = 48  # frames shown inline on the outputs page (the contact sheet shows them all)
 
@@ -39,19 +38,19 @@ def slugify(text: Optional[str]) -> str:
 def artifact_key(kind: str, job_hash: str, job_name: Optional[str] = None) -> str:
     """``<kind>-<job name>-<hash16>``, or ``<kind>-<hash16>`` for a job without a name.
 
-    The hash stays the last dash-separated part, so a key leads back to the job folder.
+    The hash stays the last dash-separated part, the job folder's name, so a key leads back to it.
     """
-    parts = [slugify(kind), slugify(job_name), job_hash[:HASH_CHARS].lower()]
+    parts = [slugify(kind), slugify(job_name), folder_name(job_hash).lower()]
     return "-".join(p for p in parts if p)
 
 
 def job_hash_of_key(key: str) -> str:
-    """The job hash part (16 hex digits) of a key made by ``artifact_key``."""
+    """The job hash part of a key made by ``artifact_key``: the job folder's name."""
     return key.rsplit("-", 1)[-1]
 
 
 def job_label(job_hash: str, job_name: Optional[str] = None) -> str:
-    return f"{job_name} ({job_hash[:HASH_CHARS]})" if job_name else job_hash[:HASH_CHARS]
+    return f"{job_name} ({folder_name(job_hash)})" if job_name else folder_name(job_hash)
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -153,7 +152,7 @@ def outputs_markdown(result: Any) -> str:
     lines += ["| output | file |", "| --- | --- |"]
     for key, path in sorted(outputs.items()):
         lines.append(f"| {_md_text(key)} | [{_md_link_text(path)}]({media_url(path, root)}) |")
-    frames_dir = Path(job_dir) / frames_io.FRAMES_DIR
+    frames_dir = JobFolder(job_dir).frames_dir
     lines.append(f"| frames | {_md_text(frames_dir)} (see the frames table) |")
     timings: Mapping[str, float] = _get(result, "timings") or {}
     if timings:
@@ -189,11 +188,12 @@ def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iter
         rendered.update(int(i) for i in (_get(r, "rendered") or ()))
         seconds.update({int(k): float(v) for k, v in (_get(r, "frame_seconds") or {}).items()})
     root = _output_root(job_dir)
+    folder = JobFolder(job_dir)
     rows = []
     for f in frames:
         index = int(_get(f, "index"))
         pose = _get(f, "pose")
-        path = frames_io.frame_path(job_dir, index)
+        path = folder.frame(index)
         rows.append({
             "index": index,
             "frame": frame_link_markdown(path, root),

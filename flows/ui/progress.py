@@ -14,10 +14,6 @@ def enable_terminal_progress(enabled: bool = True) -> None:
     _enabled = enabled
 
 
-def terminal_progress_enabled() -> bool:
-    return _enabled
-
-
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
