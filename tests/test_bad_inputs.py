@@ -15,6 +15,8 @@ from PIL import Image
 
 from flows.job import checks as inputs
 from flows.cli import EXIT_INVALID, main
+import conftest_jobs
+from conftest_jobs import dump_job, workdir  # noqa: F401 - workdir is a fixture
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -38,29 +40,8 @@ def corrupt_zlib_png(path: Path) -> None:
                      + _png_chunk(b"IEND", b""))
 
 
-@pytest.fixture
-def workdir(tmp_path):
-    from skimage import data
-
-    folder = tmp_path / "jobs"
-    folder.mkdir()
-    Image.fromarray(data.chelsea()).resize((96, 64)).save(folder / "cat.png")
-    return folder
-
-
 def base_job(out: Path) -> dict:
-    return {
-        "source": {"image": "cat.png", "prompt": "a photo of a cat"},
-        "frames": {"prompts": ["a photo of a cat sitting", "a photo of a cat jumping"]},
-        "model": {"model": "tiny"},
-        "settings": {"width": 64, "height": 64, "steps": 2, "start_step": 1},
-        "output": {"folder": str(out)},
-    }
-
-
-def _dump(path: Path, job: dict) -> Path:
-    path.write_text(yaml.safe_dump(job))
-    return path
+    return conftest_jobs.base_job(out, ("a photo of a cat sitting", "a photo of a cat jumping"))
 
 
 def case_duplicate_key(folder, out):
@@ -73,33 +54,33 @@ def case_duplicate_key(folder, out):
 def case_bool_int(folder, out):
     job = base_job(out)
     job["settings"]["steps"] = True
-    return _dump(folder / "job.yaml", job), "settings.steps"
+    return dump_job(folder / "job.yaml", job), "settings.steps"
 
 
 def case_bool_chunk(folder, out):
     job = base_job(out)
     job["execution"] = {"chunk_size": True}
-    return _dump(folder / "job.yaml", job), "execution.chunk_size"
+    return dump_job(folder / "job.yaml", job), "execution.chunk_size"
 
 
 def case_bomb(folder, out):
     bomb_png(folder / "bomb.png")
     job = base_job(out)
     job["source"]["image"] = "bomb.png"
-    return _dump(folder / "job.yaml", job), "source.image"
+    return dump_job(folder / "job.yaml", job), "source.image"
 
 
 def case_too_big(folder, out):
     bomb_png(folder / "big.png", side=9500)
     job = base_job(out)
     job["source"]["image"] = "big.png"
-    return _dump(folder / "job.yaml", job), "source.image"
+    return dump_job(folder / "job.yaml", job), "source.image"
 
 
 def case_long_path(folder, out):
     job = base_job(out)
     job["source"]["image"] = "/".join(["d" * 200] * 25) + "/cat.png"
-    return _dump(folder / "job.yaml", job), "source.image"
+    return dump_job(folder / "job.yaml", job), "source.image"
 
 
 def case_corrupt_zlib(folder, out):
@@ -111,14 +92,14 @@ def case_corrupt_zlib(folder, out):
         img.verify()  # checks the chunks' CRCs: passes
     job = base_job(out)
     job["source"]["image"] = "broken.png"
-    return _dump(folder / "job.yaml", job), "source.image"
+    return dump_job(folder / "job.yaml", job), "source.image"
 
 
 def case_root_glob(folder, out):
     job = base_job(out)
     job["frames"] = {"prompts": ["a photo of a cat"], "poses": {"kind": "images", "source": "/**/*.png"}}
     job["model"]["controlnet"] = "tiny"
-    return _dump(folder / "job.yaml", job), "frames.poses"
+    return dump_job(folder / "job.yaml", job), "frames.poses"
 
 
 def case_huge_pose_coordinates(folder, out):
@@ -133,7 +114,7 @@ def case_huge_pose_coordinates(folder, out):
     job = base_job(out)
     job["frames"] = {"prompts": ["a photo of a cat"], "poses": {"kind": "openpose_json", "path": "poses"}}
     job["model"]["controlnet"] = "tiny"
-    return _dump(folder / "job.yaml", job), "frames.poses"
+    return dump_job(folder / "job.yaml", job), "frames.poses"
 
 
 def case_cuda(folder, out):
@@ -143,7 +124,7 @@ def case_cuda(folder, out):
         pytest.skip("this machine has CUDA: 'device: cuda' is valid here")
     job = base_job(out)
     job["model"]["device"] = "cuda"
-    return _dump(folder / "job.yaml", job), "model.device"
+    return dump_job(folder / "job.yaml", job), "model.device"
 
 
 def case_dask_unreachable(folder, out):
@@ -154,19 +135,19 @@ def case_dask_unreachable(folder, out):
         port = s.getsockname()[1]
     job = base_job(out)
     job["execution"] = {"runner": "dask", "dask_address": f"tcp://127.0.0.1:{port}"}
-    return _dump(folder / "job.yaml", job), "execution.dask_address"
+    return dump_job(folder / "job.yaml", job), "execution.dask_address"
 
 
 def case_output_not_writable(folder, out):
     job = base_job(out)
     job["output"]["folder"] = "/proc/masactrl-out"  # not writable, not even by root
-    return _dump(folder / "job.yaml", job), "output.folder"
+    return dump_job(folder / "job.yaml", job), "output.folder"
 
 
 def case_offline_hub(folder, out, monkeypatch=None):
     job = base_job(out)
     job["model"]["model"] = "nobody-here/no-such-model"
-    return _dump(folder / "job.yaml", job), "model.model"
+    return dump_job(folder / "job.yaml", job), "model.model"
 
 
 def case_subject_after_token_limit(folder, out):
@@ -174,7 +155,7 @@ def case_subject_after_token_limit(folder, out):
     job = base_job(out)
     job["source"]["subject"] = "cat"
     job["frames"]["prompts"][1] = "a photo of a dog " + "walking " * 80 + "next to a cat"
-    return _dump(folder / "job.yaml", job), "source.subject"
+    return dump_job(folder / "job.yaml", job), "source.subject"
 
 
 CASES = [case_duplicate_key, case_bool_int, case_bool_chunk, case_bomb, case_too_big, case_long_path,
@@ -265,7 +246,7 @@ def test_validation_reads_headers_only_and_leaves_pillows_limit_alone(workdir, t
 
 
 def test_good_job_still_validates(workdir, tmp_path, capsys):
-    path = _dump(workdir / "job.yaml", base_job(tmp_path / "out"))
+    path = dump_job(workdir / "job.yaml", base_job(tmp_path / "out"))
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
 
 
@@ -279,7 +260,7 @@ def test_roots_confine_inputs_and_outputs_when_set(workdir, tmp_path, capsys, mo
     (workdir / "link.png").symlink_to(outside / "cat.png")  # a symlink out of the root does not count
     job = base_job(tmp_path / "out")
     job["source"]["image"] = "link.png"
-    path = _dump(workdir / "job.yaml", job)
+    path = dump_job(workdir / "job.yaml", job)
     monkeypatch.setenv("MASACTRL_INPUT_ROOTS", f"{tmp_path / 'nowhere'}{os.pathsep}{workdir}")
     monkeypatch.setenv("MASACTRL_OUTPUT_ROOT", str(tmp_path / "results"))
     assert main([command, str(path), "--no-progress"]) == EXIT_INVALID
@@ -292,9 +273,9 @@ def test_roots_confine_inputs_and_outputs_when_set(workdir, tmp_path, capsys, mo
     (outside / "cat.png").rename(workdir / "inside.png")
     job["source"]["image"] = "inside.png"
     job["output"]["folder"] = str(tmp_path / "results" / "job1")
-    path = _dump(workdir / "job.yaml", job)
+    path = dump_job(workdir / "job.yaml", job)
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
     monkeypatch.delenv("MASACTRL_INPUT_ROOTS")
     monkeypatch.delenv("MASACTRL_OUTPUT_ROOT")
     job["output"]["folder"] = str(tmp_path / "anywhere")
-    assert main(["validate", str(_dump(workdir / "job.yaml", job))]) == 0
+    assert main(["validate", str(dump_job(workdir / "job.yaml", job))]) == 0

@@ -24,38 +24,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
 
 from flows.cli import EXIT_INVALID, main
 from flows.job.dask_probe import dask_problem
 from flows.job.files import JobFileError, apply_overrides, read_job_data
+from conftest_jobs import base_job, dump_job, workdir  # noqa: F401 - workdir is a fixture
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    from skimage import data
-
-    folder = tmp_path / "jobs"
-    folder.mkdir()
-    Image.fromarray(data.chelsea()).resize((96, 64)).save(folder / "cat.png")
-    return folder
-
-
-def base_job(out: Path) -> dict:
-    return {
-        "source": {"image": "cat.png", "prompt": "a photo of a cat"},
-        "frames": {"prompts": ["a photo of a cat sitting"]},
-        "model": {"model": "tiny"},
-        "settings": {"width": 64, "height": 64, "steps": 2, "start_step": 1},
-        "output": {"folder": str(out)},
-    }
-
-
-def _dump(path: Path, job: dict) -> Path:
-    path.write_text(yaml.safe_dump(job))
-    return path
 
 
 def _cli(capsys, *args) -> tuple[int, str, float]:
@@ -187,7 +162,7 @@ def tcp_server(reply: bytes | None):
 def _dask_job(workdir: Path, address: str) -> Path:
     job = base_job(workdir / "out")
     job["execution"] = {"runner": "dask", "dask_address": address}
-    return _dump(workdir / "job.yaml", job)
+    return dump_job(workdir / "job.yaml", job)
 
 
 def test_an_http_server_is_not_a_dask_scheduler(workdir, capsys):
@@ -354,7 +329,7 @@ LORA_FIELD = re.compile(r"model\.loras(\.0\.path|\[0\])")
 def test_a_lora_that_is_not_a_lora_is_one_clear_error(tiny_env, tiny_lora_bytes, workdir, capsys, make, command):
     job = base_job(workdir / "out")
     job["model"]["loras"] = [{"path": make(workdir, tiny_lora_bytes), "scale": 0.8}]
-    code, err, _ = _cli(capsys, command, str(_dump(workdir / "job.yaml", job)))
+    code, err, _ = _cli(capsys, command, str(dump_job(workdir / "job.yaml", job)))
     assert code == EXIT_INVALID, err
     assert "invalid job" in err and LORA_FIELD.search(err), err
     assert "Traceback" not in err and "SafetensorError" not in err, err
@@ -365,7 +340,7 @@ def test_a_good_lora_still_validates(tiny_env, tiny_lora_bytes, workdir, capsys)
     (workdir / "ok.safetensors").write_bytes(tiny_lora_bytes)
     job = base_job(workdir / "out")
     job["model"]["loras"] = [{"path": "ok.safetensors", "scale": 0.8}]
-    code, err, _ = _cli(capsys, "validate", str(_dump(workdir / "job.yaml", job)))
+    code, err, _ = _cli(capsys, "validate", str(dump_job(workdir / "job.yaml", job)))
     assert code == 0, err
 
 
@@ -395,7 +370,7 @@ def test_detector_weights_for_quality_are_checked(tiny_env, workdir, capsys):
                               (b"garbage" * 10, "not a PyTorch checkpoint")]:
         if content is not None:
             (weights / "body_pose_model.pth").write_bytes(content)
-        code, err, _ = _cli(capsys, "validate", str(_dump(workdir / "job.yaml", job)))
+        code, err, _ = _cli(capsys, "validate", str(dump_job(workdir / "job.yaml", job)))
         assert code == EXIT_INVALID, err
         assert "quality.detector_dir" in err and expected in err and "Traceback" not in err, err
 
@@ -413,7 +388,7 @@ def test_detector_weights_for_poses_are_checked_by_their_header(tiny_env, workdi
     job["model"]["controlnet"] = "tiny"
     job["frames"]["poses"] = {"kind": "image", "path": "cat.png", "detector": "openpose",
                               "detector_dir": str(weights)}
-    code, err, _ = _cli(capsys, "validate", str(_dump(workdir / "job.yaml", job)))
+    code, err, _ = _cli(capsys, "validate", str(dump_job(workdir / "job.yaml", job)))
     assert code == EXIT_INVALID, err
     assert "frames.poses.detector_dir" in err and "not a PyTorch checkpoint" in err, err
     assert "Traceback" not in err
@@ -440,7 +415,7 @@ def test_truncated_source_and_empty_pose_json_are_refused(tiny_env, workdir, cap
     (workdir / "cut.png").write_bytes(whole[: len(whole) // 2])
     job = base_job(workdir / "out")
     job["source"]["image"] = "cut.png"
-    code, err, _ = _cli(capsys, "validate", str(_dump(workdir / "job.yaml", job)))
+    code, err, _ = _cli(capsys, "validate", str(dump_job(workdir / "job.yaml", job)))
     assert code == EXIT_INVALID and "source.image" in err and "Traceback" not in err, err
 
     (workdir / "poses").mkdir()
@@ -448,5 +423,5 @@ def test_truncated_source_and_empty_pose_json_are_refused(tiny_env, workdir, cap
     job = base_job(workdir / "out")
     job["model"]["controlnet"] = "tiny"
     job["frames"]["poses"] = {"kind": "openpose_json", "path": "poses"}
-    code, err, _ = _cli(capsys, "validate", str(_dump(workdir / "job.yaml", job)))
+    code, err, _ = _cli(capsys, "validate", str(dump_job(workdir / "job.yaml", job)))
     assert code == EXIT_INVALID and "frames.poses" in err and "malformed JSON" in err, err

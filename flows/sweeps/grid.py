@@ -1,17 +1,8 @@
-"""Sweeps over render settings, without Prefect: parse, expand into cells, lay out a grid, rank.
+"""Sweeps over render settings, without Prefect: expand the axes into cells, lay out a grid, rank.
 
-A sweep is a grid of settings: ``--grid settings.start_step=2,4,8`` on the command line, or in
-a job file::
-
-    sweep:
-      settings.start_step: [2, 4, 8]
-      settings.start_layer: [8, 10]
-      frames: [0, 5, 11]          # optional: frame indices rendered per cell
-
-(nested mappings such as ``sweep: {settings: {start_step: [2, 4]}}`` mean the same). A
-``--grid`` for a key the job file also sweeps replaces that axis. Values are typed and bounded
-by the job model's own field types; each cell becomes a job through ``apply_cell``, which runs
-the job model's full validation (cross-field rules included).
+The axes come from ``flows/job/sweep_axes.py`` (the ``sweep:`` section of a job file and
+``--grid`` strings, typed by the job model's own fields); each cell becomes a job through
+``apply_cell``, which runs the job model's full validation (cross-field rules included).
 
 Cells are the product of the axes, the first axis varying slowest.
 
