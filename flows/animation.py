@@ -36,7 +36,6 @@ from flows.job.checkpoints import TINY_NOTE, is_tiny
 from flows.job.model import AnimationJob, InvalidJob
 from flows.job.plan import ChunkRequest, JobPlan
 from flows.job.preflight import run_problems
-from flows.job.prompt_limits import check_prompts
 from flows.jobdir import frames_io, stale_files
 from flows.jobdir.layout import JobFolder
 from flows.jobdir.manifest import unverified_frames
@@ -158,10 +157,10 @@ def checked_job(job, logger) -> AnimationJob:
         job = AnimationJob.model_validate(job.model_dump() if isinstance(job, AnimationJob) else job)
     except ValidationError as exc:
         raise InvalidJob.from_validation_error(exc) from None
-    problems = run_problems(job)
+    problems, warnings = run_problems(job)
     if problems:
         raise InvalidJob(problems)
-    for field, text in check_prompts(job).warnings:
+    for field, text in warnings:
         logger.warning("%s: %s", field, text)
     return job
 

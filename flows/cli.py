@@ -28,12 +28,11 @@ from flows.animation import AnimationResult, animate
 from flows.demo import run_demo
 from flows.deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON
 from flows.execution import gpu_claims
-from flows.job.checks import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV, ImageProblem, open_image
+from flows.job.checks import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV
 from flows.job.files import JobFileError, load_job
 from flows.job.model import AnimationJob, InvalidJob, JobInputError, problem_lines
-from flows.job.plan import plan_job
-from flows.job.preflight import confinement_problems, environment_problems
-from flows.job.prompt_limits import check_prompts
+from flows.job.plan import decoded_source, plan_job
+from flows.job.preflight import run_problems
 from flows.jobdir.frames_io import folder_lock
 from flows.jobdir.layout import JobFolder
 from flows.quality.job_folder import NotAFinishedJob
@@ -167,25 +166,18 @@ def _check_source_pixels(job) -> None:
     """Decode the source picture once, before Prefect or a model starts. Validation reads its
     header only, so this is where compressed data that does not decode (a PNG's zlib stream under
     valid checksums, a JPEG cut short) is found, as an error of source.image."""
-    if job.source.image is None:
-        return
-    try:
-        open_image(job.source.image)
-    except ImageProblem as exc:
-        raise JobInputError("source.image", str(exc)) from None
+    if job.source.image is not None:
+        decoded_source(job.source.image)
 
 
 def _check_environment(source: str, job) -> None:
     """Raises InvalidJob when this machine cannot run ``job``: output folder not writable, CUDA
     missing, Dask scheduler unreachable, hub model not cached while offline. Cheap checks, done
     before Prefect or a model starts."""
-    # Outside the roots: refused without probing those paths. The prompts against the text
-    # encoder's token limit: a subject word it never reads is an error, cut prompts warn.
-    prompts = check_prompts(job)
-    problems = (confinement_problems(job) or environment_problems(job)) + prompts.errors
+    problems, warnings = run_problems(job)
     if problems:
         raise InvalidJob(problems)
-    for field, message in prompts.warnings:
+    for field, message in warnings:
         print(f"{source}: warning: {field}: {message}", file=sys.stderr)
 
 

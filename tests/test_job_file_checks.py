@@ -425,3 +425,14 @@ def test_truncated_source_and_empty_pose_json_are_refused(tiny_env, workdir, cap
     job["frames"]["poses"] = {"kind": "openpose_json", "path": "poses"}
     code, err, _ = _cli(capsys, "validate", str(dump_job(workdir / "job.yaml", job)))
     assert code == EXIT_INVALID and "frames.poses" in err and "malformed JSON" in err, err
+
+
+def test_a_grid_list_with_aliases_is_refused_before_it_is_expanded():
+    from flows.job.sweep_axes import SweepError, parse_grid
+
+    bomb = "[" + ", ".join(["&a [x, x, x, x, x, x, x, x, x]"] + ["*a"] * 8) + "]"
+    start = time.monotonic()
+    with pytest.raises(SweepError, match="anchors/aliases"):
+        parse_grid([f"frames.prompts={bomb}"])
+    assert time.monotonic() - start < 5
+    assert parse_grid(["frames.prompts=*sparkly* cat,a dog"]) == {"frames.prompts": ["*sparkly* cat", "a dog"]}

@@ -17,9 +17,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from flows.execution import worker_cache
-from flows.job.checks import ImageProblem, open_image
-from flows.job.model import JobInputError
-from flows.job.plan import ChunkRequest, FramePlan, InversionRequest, control_config, fit_source
+from flows.job.plan import ChunkRequest, FramePlan, InversionRequest, control_config, decoded_source, fit_source
 from flows.jobdir import frames_io, manifest as frame_manifest
 from flows.jobdir.layout import InversionFolder
 from flows.jobdir.manifest import unverified_frames
@@ -65,15 +63,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def _decoded_source(path: str) -> Image.Image:
-    """The source picture as 8-bit RGB. Validation read only its header, so compressed data that
-    does not decode is found here: an input error naming the field, not a retried traceback."""
-    try:
-        return open_image(path)
-    except ImageProblem as exc:
-        raise JobInputError("source.image", str(exc)) from None
-
-
 def load_inversion(folder: str | Path, device=None, logger: logging.Logger | None = None):
     """The inversion in ``folder``, or None when it is missing, partial or corrupt (said once)."""
     from masactrl_engine import InvertedSource
@@ -107,7 +96,7 @@ def ensure_inversion(request: InversionRequest, logger: logging.Logger | None = 
         with slot.lock:
             before = _stats(slot.engine)
             if request.image is not None:
-                source = fit_source(_decoded_source(request.image), s.width, s.height, request.fit)
+                source = fit_source(decoded_source(request.image), s.width, s.height, request.fit)
                 inv = slot.engine.invert(source, prompt=request.inversion_prompt, height=s.height, width=s.width)
             else:
                 # MasaCtrl's synthesis: the generation's own trajectory is the source branch, exact and

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from flows.job.model import POSE_FIELDS, AnimationJob
 from flows.job.plan import plan_job
+from flows.job.yaml_text import DuplicateKey, YamlRefused, load_yaml
 from flows.jobdir.layout import JobFolder
 from flows.jobdir.manifest import all_verified
 
@@ -38,81 +39,11 @@ class JobFileError(ValueError):
     """A job file that cannot be read or an override that cannot be applied; names the file/key."""
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-ALIAS_REFUSED = "YAML anchors/aliases (&name / *name) are not supported; write the values out"
-MAX_NESTING = 64  # a job is a few levels deep; PyYAML and json recurse per level (RecursionError)
-
-
-class _Refused(ValueError):
-    """A YAML construct a job file may not use; the message names its line."""
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors, aliases and deep nesting while composing, before anything
-    is built.
-
-    An alias makes a node shared, not copied, but everything after composing (the duplicate-key
-    walk, pydantic) expands it: nine levels of nine aliases ("billion laughs") are 9**9 values
-    from a 1 kB file and kept `validate` busy for minutes. Job files have no use for
-    them, so the first anchor or alias is an error naming its line. Nesting is bounded too, so a
-    file of thousands of '[' is an error, not a RecursionError.
-    """
-
-    _depth = 0
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(f"line {line}: {ALIAS_REFUSED}")
-        if self._depth >= MAX_NESTING:
-            raise _Refused(f"line {line}: nested more than {MAX_NESTING} levels deep; a job file is a few levels deep")
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _load_yaml(text: str, check_duplicates: bool = True) -> Any:
-    """``yaml.safe_load`` without anchors/aliases (and, by default, without duplicate keys)."""
-    loader = _NoAliasLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if check_duplicates:
-            _reject_duplicate_yaml_keys(node)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _reject_duplicate_yaml_keys(node, where: str = "") -> None:
-    """YAML keeps the last of two equal keys without a word; a job file must not."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            field = f"{where}.{key}" if where else str(key)
-            if key in seen:
-                raise _DuplicateKey(f"{field}: given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
-                                    "keep one")
-            seen[key] = key_node.start_mark.line + 1
-            _reject_duplicate_yaml_keys(value_node, field)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _reject_duplicate_yaml_keys(item, f"{where}.{i}" if where else str(i))
-
-
 def _no_duplicate_keys(pairs: list) -> dict:
     keys = [k for k, _ in pairs]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
-        raise _DuplicateKey(f"{dupes[0]}: given twice in one JSON object; keep one")
+        raise DuplicateKey(f"{dupes[0]}: given twice in one JSON object; keep one")
     return dict(pairs)
 
 
@@ -128,8 +59,8 @@ def read_job_data(path: str | Path) -> dict:
         if path.suffix.lower() == ".json":
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
         else:
-            data = _load_yaml(text)
-    except (_DuplicateKey, _Refused) as exc:
+            data = load_yaml(text)
+    except (DuplicateKey, YamlRefused) as exc:
         raise JobFileError(f"{path}: {exc}") from None
     except RecursionError:  # JSON nested thousands of levels deep
         raise JobFileError(f"{path}: nested more deeply than Python reads; a job file is a few levels deep") from None
@@ -205,8 +136,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not p for p in parts):
         raise JobFileError(f"--set {text!r}: empty part in the key {key!r}")
     try:
-        value = _load_yaml(raw, check_duplicates=False) if raw.strip() else ""
-    except (yaml.YAMLError, _Refused):
+        value = load_yaml(raw, check_duplicates=False) if raw.strip() else ""
+    except (yaml.YAMLError, YamlRefused):
         # Not YAML, or with aliases (never expanded): the text itself, e.g. a prompt "*sparkly* cat".
         value = raw
     # "a cat: jumping" would parse as a mapping: only braces mean one.

@@ -51,6 +51,15 @@ def fit_source(image: Image.Image, width: int, height: int, fit: str = "crop") -
     return centre_crop(image, (width, height))
 
 
+def decoded_source(path: str | Path) -> Image.Image:
+    """The source picture as 8-bit RGB. Validation read only its header, so compressed data that
+    does not decode is found here: an input error naming the field, not a retried traceback."""
+    try:
+        return open_image(path)
+    except ImageProblem as exc:
+        raise JobInputError("source.image", str(exc)) from None
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -242,10 +251,8 @@ def resolve_pose_maps(job: AnimationJob) -> Optional[tuple[list, list]]:
     source = None
     # Without a source image (synthesis), pose_sources itself says that `retarget: source` needs one.
     if getattr(job.frames.poses, "retarget", "none") == "source" and job.source.image is not None:
-        try:  # the same crop the inversion sees, at full resolution
-            source = fit_source(open_image(job.source.image), size[0], size[1], job.source.fit)
-        except ImageProblem as exc:
-            raise JobInputError("source.image", str(exc)) from None
+        # the same crop the inversion sees, at full resolution
+        source = fit_source(decoded_source(job.source.image), size[0], size[1], job.source.fit)
     try:
         seq = pose_sources.load(job.frames.poses, size=size, source_image=source)
         maps = seq.render(size)

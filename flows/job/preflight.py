@@ -97,12 +97,15 @@ def confinement_problems(job, environ=None) -> list[tuple[str, str]]:
     return problems
 
 
-def run_problems(job, environ=None) -> list[tuple[str, str]]:
-    """What a flow run refuses right after validating its job, as ``(field, message)`` pairs: paths
-    outside the configured roots (then nothing else is probed there), what this worker cannot
-    give the job (writable output folder, CUDA, Dask scheduler, cached hub model), and a subject
-    word that the text encoder never reads (flows/job/prompt_limits.py)."""
+def run_problems(job, environ=None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(problems, warnings) of a validated job on this machine, as ``(field, message)`` pairs, for
+    the CLI before it starts Prefect and for a flow run right after validating its job. Problems:
+    paths outside the configured roots (then nothing else is probed there), what this machine
+    cannot give the job (writable output folder, CUDA, Dask scheduler, cached hub model), and a
+    subject word that the text encoder never reads. Warnings: prompts the encoder cuts
+    (flows/job/prompt_limits.py)."""
     confined = confinement_problems(job, environ)
     if confined:
-        return confined
-    return environment_problems(job) + check_prompts(job).errors
+        return confined, []
+    prompts = check_prompts(job)
+    return environment_problems(job) + prompts.errors, prompts.warnings

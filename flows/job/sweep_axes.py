@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from flows.job.hashing import not_hashed_reason
+from flows.job.yaml_text import YamlRefused, load_yaml
 
 MAX_CELLS = 256
 DEFAULT_SWEEP_FRAMES = 4
@@ -57,8 +58,8 @@ def _scalar(raw: str, key: str) -> Any:
     if not text:
         raise SweepError(f"--grid {key}: empty value in the list; give values like {key}=2,4,8")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, check_duplicates=False)
+    except (yaml.YAMLError, YamlRefused):  # aliases are never expanded: "*sparkly* cat" is text
         return text
     if isinstance(value, dict) and not text.startswith("{"):
         return text  # "a cat: jumping" is a string
@@ -77,8 +78,8 @@ def parse_grid(texts: Iterable[str]) -> dict[str, list[Any]]:
             raise SweepError(f"--grid {key}: given twice; list all its values in one --grid {key}=a,b,c")
         if raw.strip().startswith("["):
             try:
-                values = yaml.safe_load(raw)
-            except yaml.YAMLError as exc:
+                values = load_yaml(raw, check_duplicates=False)
+            except (yaml.YAMLError, YamlRefused) as exc:
                 raise SweepError(f"--grid {key}: {raw!r} is not a valid list ({exc})") from None
             if not isinstance(values, list):
                 raise SweepError(f"--grid {key}: {raw!r} is not a list; write {key}=[a, b] or {key}=a,b")
