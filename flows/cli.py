@@ -30,9 +30,11 @@ from flows.deployments import ANIMATE_DEPLOYMENT, DEFAULT_INBOX_CRON
 from flows.execution import gpu_claims
 from flows.job.checks import INPUT_ROOTS_ENV, OUTPUT_ROOT_ENV
 from flows.job.files import JobFileError, load_job
+from flows.job.frame_selection import parse_frames, select_frames
 from flows.job.model import AnimationJob, InvalidJob, JobInputError, problem_lines
 from flows.job.plan import decoded_source, plan_job
 from flows.job.preflight import run_problems
+from flows.jobdir.cache import CacheError, human_bytes, parse_age, parse_size, prune, usage
 from flows.jobdir.frames_io import folder_lock
 from flows.jobdir.layout import JobFolder
 from flows.quality.job_folder import NotAFinishedJob
@@ -192,12 +194,16 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         print(result.model_dump_json(indent=2))
         return
-    rows = [("frames", f"{result.frame_count} ({result.frames_rendered} rendered, {result.frames_skipped} already on disk)"),
+    rows = [("frames", f"{result.frame_count} ({result.frames_rendered} rendered, {result.frames_skipped} already rendered"
+             + (f", {len(result.missing_frames)} not yet: a full run renders them" if result.missing_frames else "")
+             + ")"),
             ("folder", result.job_dir), ("GIF", result.gif), ("MP4", result.mp4),
             ("contact sheet", result.contact_sheet), ("pose | frame", result.side_by_side)]
     for name, value in rows:
         if value:
             print(f"{name + ':':15} {value}")
+    if result.previous_versions:
+        print(f"{'earlier:':15} {', '.join(h[:16] for h in result.previous_versions)} (same name, oldest first)")
     for note in result.notes:
         print(f"{'note:':15} {note}")
     if result.metrics_summary:
@@ -206,11 +212,12 @@ def _print_result(result, as_json: bool) -> None:
 
 def cmd_run(args) -> int:
     job = load_job(args.job, args.set)
-    plan_job(job, write=False)
+    plan = plan_job(job, write=False)
+    frames = select_frames(args.frames, len(plan.frames), field="--frames")
     _check_runnable(args.job, job)
     enable_terminal_progress(not args.no_progress)
     start_temporary_server()
-    state = animate(job, return_state=True)
+    state = animate(job, frames=frames, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, JobInputError):
         raise result  # the flow's plan step refused it: invalid, as if found here
@@ -232,9 +239,9 @@ def _frame_indices(text: Optional[str]) -> Optional[list[int]]:
     if text is None:
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()] or None
-    except ValueError:
-        raise SweepError(f"sweep.frames: --frames {text!r} is not a list of frame indices; write e.g. --frames 0,3,7") from None
+        return parse_frames(text)
+    except JobInputError as exc:
+        raise SweepError(f"sweep.frames: --frames {str(exc).removeprefix('frames: ')}") from None
 
 
 def _print_sweep(result, job_file: str, overrides: Sequence[str]) -> None:
@@ -279,6 +286,29 @@ def cmd_metrics(args) -> int:
     metrics = compute_job_metrics(args.job_dir, detector_kind=args.detector, detector_dir=args.detector_dir)
     path = write_metrics(args.job_dir, metrics)
     print(metrics.model_dump_json(indent=2) if args.json else f"{summary_line(metrics)}\n-> {path}")
+    return EXIT_OK
+
+
+def cmd_cache(args) -> int:
+    output = Path(args.output)
+    if not output.is_dir():
+        raise CacheError(f"--output: {output.absolute()} is not a folder; give the output.folder of your jobs")
+    if args.action == "prune":
+        if args.older_than is None and args.max_size is None and args.keep_last is None:
+            raise CommandFailed("cache prune: say what to keep: --older-than 7d, --max-size 10G and/or --keep-last 3")
+        report = prune(output, older_than=None if args.older_than is None else parse_age(args.older_than),
+                       max_bytes=None if args.max_size is None else parse_size(args.max_size),
+                       keep_last=args.keep_last, dry_run=args.dry_run)
+        verb = "would remove" if report.dry_run else "removed"
+        for path in report.removed:
+            print(f"{verb}: {path}")
+        print(f"{verb} {len(report.removed)} item(s), {human_bytes(report.freed)}; kept {len(report.kept_jobs)} "
+              f"job folder(s){f', {len(report.busy)} in use by a run' if report.busy else ''}")
+    held = usage(output)
+    print(f"{output.absolute()}:")
+    for kind in ("inversions", "frames", "jobs", "sweeps"):
+        print(f"  {kind:11} {held.counts[kind]:6d}  {human_bytes(held.bytes[kind]):>10}")
+    print(f"  {'total':11} {'':6}  {human_bytes(held.total):>10}")
     return EXIT_OK
 
 
@@ -446,6 +476,11 @@ def _result_of(run, job) -> Optional[object]:
 
 def cmd_submit(args) -> int:
     job = load_job(args.job, args.set)
+    # What the worker would refuse from the job alone, refused here before anything is submitted:
+    # the plan (prompt and pose counts, pose files, sizes, overrides) and the source's pixels. What
+    # depends on the worker's machine (its devices, roots, scheduler, model cache) it checks itself.
+    plan_job(job, write=False)
+    _check_source_pixels(job)
     from prefect.deployments import run_deployment
 
     try:
@@ -485,7 +520,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a job file locally (ephemeral Prefect unless PREFECT_API_URL is set)")
     job_args(p)
+    p.add_argument("--frames", default=None, metavar="I,J-K",
+                   help="render only these frames (e.g. 0,4,8 or 3-5) and stitch what exists: a preview, or a retry "
+                   "of a range with --set frames.overrides=...; a later full run renders only the rest")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("cache", help="show what an output folder holds (inversions, frames, job folders, sweeps); "
+                       "'cache prune' removes what no kept job needs")
+    p.add_argument("action", nargs="?", default="show", choices=("show", "prune"))
+    p.add_argument("--output", "-o", default="out", help="the output folder (a job's output.folder; default: out)")
+    p.add_argument("--older-than", default=None, metavar="AGE",
+                   help="prune job folders last written longer ago than this (7d, 12h, 30m, 2w)")
+    p.add_argument("--max-size", default=None, metavar="SIZE",
+                   help="then prune the oldest job folders until the rest fits (10G, 512MiB)")
+    p.add_argument("--keep-last", type=int, default=None, metavar="N", help="keep the newest N job folders of each job name")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("validate", help="check a job file without loading any model")
     job_args(p)
@@ -577,6 +627,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INVALID
     except NotAFinishedJob as exc:
         print(f"metrics: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except CacheError as exc:
+        print(f"cache: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except CommandFailed as exc:
         print(exc, file=sys.stderr)

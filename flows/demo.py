@@ -1,7 +1,9 @@
 """``masactrl-animate demo``: the flow on the bundled examples with the tiny checkpoint.
 
 Two jobs: a person photo (``skimage.data.astronaut()``) driven by the walk-cycle poses in
-``examples/poses/walk``, and a cat photo (``skimage.data.chelsea()``) following a prompt
+``examples/poses/walk``, played as an endless loop with an in-between frame after every rendered
+one (``examples/jobs/astronaut_walk_loop.yaml``: optical flow, no model, so it costs the demo
+about nothing), and a cat photo (``skimage.data.chelsea()``) following a prompt
 sequence with mask guidance on "cat". The photos are written to disk first: job parameters
 are paths, never pixels.
 """
@@ -16,6 +18,7 @@ from flows.animation import animate
 from flows.job.model import AnimationJob
 
 DEMO_OUT = Path("out/demo")
+WALK_LOOP = {"interpolate": 2, "loop": "crossfade"}
 CAT_PROMPTS = [
     "a photo of a cat sitting",
     "a photo of a cat standing",
@@ -61,7 +64,8 @@ def demo_jobs(out: Path = DEMO_OUT, size: int = 128, steps: int = 10) -> dict[st
             model={"model": "tiny", "controlnet": "tiny"},
             # README "Which settings for which job": poses far from the source's win from shared noise.
             settings={**settings, "frame_start": "noise"},
-            output=output,
+            # One in-between after each frame, and in-betweens from the last pose back to the first.
+            output={**output, **WALK_LOOP},
             execution=execution,
         ),
         "cat-prompts": AnimationJob(

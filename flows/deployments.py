@@ -3,6 +3,12 @@ settings ranked by the metrics, flows/sweep.py) and ``animate-inbox`` (on a cron
 renders every job file in an inbox folder that has no finished output).
 
     masactrl-animate serve --inbox ./inbox --cron "*/5 * * * *"
+
+The inbox schedule starts paused when the inbox holds no job file as ``serve`` starts: a cron over
+an empty folder would fill the UI's run list with runs that find nothing. ``serve`` says so; resume
+the deployment in the UI (Deployments -> animate-inbox, the toggle) or start ``serve`` again once
+the inbox has job files. ``deploy/prefect.yaml`` registers it active: an installation with an inbox
+volume means to use it.
 """
 
 from __future__ import annotations
@@ -91,10 +97,16 @@ def animate_inbox(
     return report
 
 
+def inbox_is_empty(inbox: str | Path) -> bool:
+    """No job file in the inbox (a missing folder is empty)."""
+    folder = Path(inbox).expanduser()
+    return not folder.is_dir() or not job_files(folder)
+
+
 def build_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT_INBOX_CRON,
                       output_folder: Optional[str] = None) -> list:
     """The deployments (animate, sweep, animate-inbox), addressed by module path so a served runner can
-    import them anywhere."""
+    import them anywhere. The inbox's schedule is paused while the inbox is empty (module docstring)."""
     from prefect.types.entrypoint import EntrypointType
 
     inbox_params = {"inbox": str(Path(inbox).expanduser().absolute())}
@@ -119,6 +131,7 @@ def build_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT
             description="Render every job file in the inbox folder that has no finished output yet.",
             tags=TAGS,
             cron=cron or None,
+            paused=bool(cron) and inbox_is_empty(inbox),
             parameters=inbox_params,
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),
@@ -131,4 +144,8 @@ def serve_deployments(inbox: str | Path = "inbox", cron: Optional[str] = DEFAULT
     from prefect import serve
 
     Path(inbox).expanduser().mkdir(parents=True, exist_ok=True)
+    if cron and inbox_is_empty(inbox):
+        print(f"inbox {Path(inbox).expanduser().absolute()} is empty: the animate-inbox schedule ({cron}) starts "
+              "paused, so the run list does not fill with runs of an empty folder; resume it in the UI "
+              "(Deployments -> animate-inbox) once it has job files", flush=True)
     serve(*build_deployments(inbox, cron, output_folder), limit=limit)

@@ -3,8 +3,8 @@
     validate -> plan cells (errors before any work) -> invert-source once per distinct inversion
     -> render cells (the animate flow's render-frames subflow: render-chunk.map over every cell's
     chunks) -> measure cells (a small GIF + measure-cell) -> rank -> publish (grid.png,
-    ranking.json, sweep.json, table artifact) -> the best cell as a ready ``--set`` line for
-    ``masactrl-animate run``
+    ranking.json, sweep.json, table artifact) -> the best cell as a complete job file
+    (``best_job.yaml``) and a ready ``--set`` line for ``masactrl-animate run``
 
 A cell is the job with the cell's settings (``sweep.apply_cell``); it renders only the selected
 frame indices, under their own indices, into the cell job's own folder (the folder a full run of
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
+import yaml
 from PIL import Image
 from prefect import State, flow, task
 from prefect.artifacts import (
@@ -57,7 +58,7 @@ from flows.job.sweep_axes import flatten
 from flows.jobdir import frames_io
 from flows.jobdir.layout import CELLS_DIR, GRID_FILE, RANKING_FILE, SWEEP_FILE, SweepFolder, folder_name
 from flows.jobdir.manifest import load_verified_frame, unverified_frames
-from flows.jobdir.stitch import write_gif
+from flows.jobdir.stitch import write_playback_gif
 from flows.quality.report import summary_line
 from flows.sweeps.grid import (
     RankedCell,
@@ -75,9 +76,12 @@ from flows.sweeps.grid import (
 )
 from flows.tasks import invert_source
 from flows.ui import runlogs
-from flows.ui.artifacts import artifact_key, thumbnail_markdown
+from flows.ui.artifacts import artifact_key, job_label, md_text, progress_percent, thumbnail_markdown
+from flows.ui.media import download_url, media_url
 
 SWEEP_FORMAT = 1
+# The best cell as a complete job file, in the sweep folder (served by the media server).
+BEST_JOB_FILE = "best_job.yaml"
 
 
 # --------------------------------------------------------------------------- planning (no Prefect)
@@ -191,6 +195,8 @@ class SweepResult(BaseModel):
     table: list[dict[str, Any]] = Field(default_factory=list, description="The ranking, best first.")
     best_cell: Optional[int] = None
     best_set: Optional[str] = Field(None, description="The best cell as --set options for `masactrl-animate run`.")
+    best_job: Optional[str] = Field(None, description="The best cell as a complete job file (YAML), for "
+                                    "`masactrl-animate run` / `submit` or the run form.")
     inversion_dirs: list[str] = Field(description="One inversion per distinct inversion key.")
     inversions_computed: int
     frames_rendered: int
@@ -243,7 +249,7 @@ def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
     # 7. Publish: grid.png, ranking.json, sweep.json, the table and markdown artifacts.
     grid_png = draw_grid(sp, outputs)
     result = sweep_result(sp, inversions, renders, outputs, ranking, grid_png)
-    publish(job, result)
+    publish(job, result, sp)
 
     # 8. Finish: the result, or a Failed state naming the failed cells (a re-run resumes them).
     return final_state(sp, result, renders.error)
@@ -325,20 +331,27 @@ def render_cells(job: AnimationJob, sp: SweepPlan, inversions: dict[str, renderi
     the other cells' frames are on disk, and they are measured and ranked."""
     logger = get_run_logger()
     chunks, notes = sweep_chunks(job, sp, inversions)
-    key = folder_name(sp.sweep_hash)
-    progress_id = create_progress_artifact(0.0, key=f"sweep-progress-{key}", description=f"Frames of sweep {key}")
+    label = md_text(job_label(sp.sweep_hash, job.name))
+    total = sum(len(c.frames) for c in chunks)
+    progress_id = create_progress_artifact(0.0, key=artifact_key("sweep-progress", sp.sweep_hash, job.name),
+                                           description=f"Frames of sweep {label}: 0% (0/{total} frames)")
     reports: list[rendering.ChunkReport] = []
     error: Optional[BaseException] = None
     with contextlib.ExitStack() as locks:
         for folder in sorted({c.job_dir for c in chunks}):
             locks.enter_context(frames_io.folder_lock(Path(folder)))
         try:
-            reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id)
+            reports = render_frames.with_options(task_runner=task_runner_for(job))(chunks, progress_id, job.name)
         except Exception as exc:  # noqa: BLE001 - the other cells' frames are on disk: show them
             error = exc
             logger.error("Some sweep cells failed to render: %s", exc)
-    update_progress_artifact(progress_id, progress=100.0 if error is None else 0.0,
-                             description=f"Frames of sweep {key}: {'done' if error is None else 'incomplete'}")
+    # Counted on disk: a failed chunk leaves the frames of the others (and earlier runs' frames).
+    done = sum(len(c.frames) - len(unverified_frames(c.job_dir, [f.index for f in c.frames], c.size)) for c in chunks)
+    ending = ("done" if error is None else
+              "incomplete: some cells failed; run the sweep again to render only the missing frames")
+    update_progress_artifact(progress_id, progress=progress_percent(done, total),
+                             description=f"Frames of sweep {label}: {progress_percent(done, total):.0f}% "
+                             f"({done}/{total} frames), {ending}")
     return CellRenders(chunks=chunks, reports=reports, error=error, notes=notes)
 
 
@@ -376,7 +389,9 @@ def measure_cells(job: AnimationJob, sp: SweepPlan,
 def _cell_outputs(job: AnimationJob, sp: SweepPlan, cell: SweepCell, inversion_dir: str) -> CellOutputs:
     """The GIF and the metrics of a complete cell; a metric that fails is a note, not a failed sweep."""
     pictures = [load_verified_frame(p) for p in sp.frame_paths(cell)]
-    gif = write_gif(pictures, sp.gif_path(cell), job.output.fps, job.output.loop)
+    shown = sp.jobs[cell.index].output  # the cell's own in-betweens and loop mode (sweepable)
+    gif = write_playback_gif(pictures, sp.frame_paths(cell), sp.cell_dir(cell), sp.gif_path(cell), fps=shown.frame_rate,
+                             gif_loops=shown.gif_loops, interpolate=shown.interpolate, loop=shown.loop)
     q = job.quality
     state = measure_cell(sp.cell_dir(cell), sp.frame_indices, inversion_dir, sp.plans[cell.index].job_hash,
                          str(sp.metrics_path(cell)), q.detector, str(q.detector_dir) if q.detector_dir else None,
@@ -465,34 +480,93 @@ def _cell_result(sp: SweepPlan, cell: SweepCell, out: Optional[CellOutputs],
     return res
 
 
-def publish(job: AnimationJob, result: SweepResult) -> None:
-    """ranking.json and sweep.json in the sweep folder; the ranking as a table artifact, the grid
-    and the best cell as a markdown one."""
+def publish(job: AnimationJob, result: SweepResult, sp: SweepPlan) -> None:
+    """ranking.json, sweep.json and the best cell's job file in the sweep folder; the ranking as a
+    table artifact (each cell's GIF linked), the grid and the best cell as a markdown one."""
     sweep_dir = Path(result.sweep_dir)
+    if result.best_cell is not None:
+        result.best_job = str(write_best_job(sp, result.best_cell, result))
     frames_io.write_json_atomic(sweep_dir / RANKING_FILE, {
         "sweep_hash": result.sweep_hash, "axes": result.axes, "frame_indices": result.frame_indices,
-        "best_cell": result.best_cell, "best_set": result.best_set, "table": result.table,
-        "cells": [c.model_dump(mode="json") for c in result.cells],
+        "best_cell": result.best_cell, "best_set": result.best_set, "best_job": result.best_job,
+        "table": result.table, "cells": [c.model_dump(mode="json") for c in result.cells],
     })
     frames_io.write_json_atomic(sweep_dir / SWEEP_FILE, result.model_dump(mode="json"))
-    key = folder_name(result.sweep_hash)
-    best = f"best: {result.best_set}" if result.best_set else "no cell measured"
-    create_table_artifact(key=artifact_key("sweep-ranking", result.sweep_hash, job.name), table=result.table,
-                          description=f"Sweep {key}: cells ranked by the metrics (score 0 = best); {best}")
+    label = md_text(job_label(result.sweep_hash, job.name))
+    root = Path(job.output.folder).absolute()
+    best = f"best: {md_text(result.best_set)}" if result.best_set else "no cell measured"
+    create_table_artifact(key=artifact_key("sweep-ranking", result.sweep_hash, job.name),
+                          table=ranking_rows(result, root),
+                          description=f"Sweep {label}: cells ranked by the metrics (score 0 = best); {best}")
     create_markdown_artifact(key=artifact_key("sweep", result.sweep_hash, job.name),
-                             markdown=_ranking_markdown(result, Path(job.output.folder).absolute()),
-                             description=f"Grid and best cell of sweep {key}")
+                             markdown=_ranking_markdown(result, root, job.name),
+                             description=f"Grid and best cell of sweep {label}")
 
 
-def _ranking_markdown(result: SweepResult, root: Path) -> str:
-    lines = [f"# Sweep {folder_name(result.sweep_hash)}", ""]
+def best_job_text(sp: SweepPlan, cell_index: int, result: SweepResult) -> str:
+    """The best cell's job as a complete YAML job file: every setting written out (the cell's
+    values included), no sweep section, so ``run``, ``submit`` and the run form take it as it is."""
+    cell = sp.cells[cell_index]
+    data = sp.jobs[cell_index].model_copy(update={"sweep": None}).model_dump(mode="json")
+    values = ", ".join(f"{k}={v}" for k, v in cell.values.items())
+    head = [f"# The best cell of sweep {folder_name(result.sweep_hash)} ({values}), ranked by the metrics.",
+            f"#   masactrl-animate run {BEST_JOB_FILE}      (or: masactrl-animate submit {BEST_JOB_FILE})",
+            "# It renders into the cell's job folder: the frames the sweep rendered are reused."]
+    return "\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def write_best_job(sp: SweepPlan, cell_index: int, result: SweepResult) -> Path:
+    path = Path(result.sweep_dir) / BEST_JOB_FILE
+    text = best_job_text(sp, cell_index, result)
+    return frames_io.atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ranking.json's criteria -> the column the UI shows (ranking.json keeps the names and every digit)
+RANKING_LABELS = {"score": "score (0 = best)", "warp_error": "flicker (/255, lower = steadier)",
+                  "appearance_emd": "colour dist. (Lab, lower = closer)", "pose_pck": "pose PCK (0–1, higher = better)"}
+
+
+def ranking_rows(result: SweepResult, root: Path) -> list[dict[str, Any]]:
+    """The ranking for the UI's table: each cell's GIF as a link after its settings, labelled
+    columns, numbers rounded, "—" for a criterion not measured."""
+    by_rank = {c.rank: c for c in result.cells if c.rank is not None}
+    rows = []
+    for row in result.table:
+        cell = by_rank.get(row.get("rank"))
+        gif = cell.gif if cell is not None else None
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if key == "score":
+                out["GIF"] = f"[cell {cell.index} GIF]({media_url(gif, root)})" if gif else "— (not rendered)"
+            if key in RANKING_LABELS:
+                value = "—" if value is None else f"{value:.3f}"
+            out[RANKING_LABELS.get(key, key)] = md_text(value) if isinstance(value, str) else value
+        rows.append(out)
+    return rows
+
+
+def _ranking_markdown(result: SweepResult, root: Path, job_name: Optional[str] = None) -> str:
+    lines = [f"# Sweep {md_text(job_label(result.sweep_hash, job_name))}", ""]
     if result.grid:
         lines += [thumbnail_markdown(result.grid, root, "sweep grid"), ""]
-    if result.best_set:
-        lines += ["Best cell, ready for `masactrl-animate run JOB`:", "", f"`{result.best_set}`", ""]
+    if result.best_cell is not None:
+        best = result.cells[result.best_cell]
+        values = ", ".join(f"{k} = {v}" for k, v in best.values.items())
+        lines += [f"## Best cell: {md_text(values)}", ""]
+        if best.gif:
+            lines += [thumbnail_markdown(best.gif, root, "best cell"), ""]
+        if result.best_job:
+            url = media_url(result.best_job, root)
+            lines += [f"[Download the best cell as a job file ({BEST_JOB_FILE})]({download_url(url)}): a complete "
+                      "job (every setting, no sweep section) for the run form, `run` or `submit`:", "",
+                      "```", f"masactrl-animate run {result.best_job}",
+                      f"masactrl-animate submit {result.best_job}", "```", ""]
+        if result.best_set:
+            lines += ["Or the job file you swept, with these options:", "", "```", result.best_set, "```", ""]
     lines += [f"{len(result.cells)} cells x {len(result.frame_indices)} frames (indices "
               f"{', '.join(map(str, result.frame_indices))}), {len(result.inversion_dirs)} inversion(s); "
-              f"{result.frames_rendered} frames rendered now, {result.frames_skipped} already on disk."]
+              f"{result.frames_rendered} frames rendered now, {result.frames_skipped} already on disk. "
+              "Every cell's GIF is linked from the ranking table."]
     return "\n".join(lines)
 
 
@@ -512,8 +586,8 @@ def final_state(sp: SweepPlan, result: SweepResult, render_error: Optional[BaseE
         return Failed(message=message)
     if result.best_cell is not None:
         best = result.cells[result.best_cell]
-        logger.info("Best cell %s (score %.3f): masactrl-animate run JOB %s", sp.cells[best.index].label(),
-                    best.score, result.best_set)
+        logger.info("Best cell %s (score %.3f): masactrl-animate run %s (or: run JOB %s)",
+                    sp.cells[best.index].label(), best.score, result.best_job, result.best_set)
     logger.info("Sweep done: %d cells, %d frames rendered, grid %s", len(sp.cells), result.frames_rendered,
                 result.grid)
     return result

@@ -92,13 +92,18 @@ def stitch(
     fps: float,
     gif: bool,
     mp4: bool,
-    loop: int,
+    gif_loops: int,
     pose_paths: Optional[list[str]] = None,
+    interpolate: int = 1,
+    loop: str = "none",
+    playback_fps: Optional[float] = None,
 ) -> dict[str, str]:
-    """GIF, MP4, contact sheet (and the pose | frame preview when poses were used)."""
+    """GIF, MP4 (in-between frames and loop mode applied), contact sheet (and the pose | frame
+    preview when poses were used)."""
     outputs = stitch_lib.stitch_outputs(
-        frame_paths, out_dir, fps=fps, gif=gif, mp4=mp4, loop=loop, pose_paths=pose_paths or None,
+        frame_paths, out_dir, fps=fps, gif=gif, mp4=mp4, gif_loops=gif_loops, pose_paths=pose_paths or None,
         verify_frames=True,  # never stitch a frame that does not match its digest
+        interpolate=interpolate, loop=loop, playback_fps=playback_fps,
     )
     _logger().info("Wrote %s", ", ".join(sorted(outputs.values())))
     return outputs

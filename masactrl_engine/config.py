@@ -32,6 +32,7 @@ class MaskConfig:
 
 
 FrameStart = Literal["inverted", "noise", "renoise"]
+Interpolation = Literal["linear", "slerp", "hold"]
 CrossFrame = Literal["none", "anchor"]
 
 
@@ -145,6 +146,12 @@ class FrameSpec:
     ``seed`` gives the frame its own start noise with ``frame_start="noise"``; ``controlnet_scale``
     overrides ``ControlConfig.controlnet_scale`` for this frame's pose (e.g. to fade a pose in or
     out; 0 renders the frame as if it had no pose).
+
+    Prompt travel: with ``prompt_to`` the frame's text conditioning lies ``travel`` (in [0, 1]) of
+    the way from ``prompt``'s to ``prompt_to``'s, by ``interpolation`` ("linear", "slerp" per
+    token vector, or "hold": ``prompt``'s until ``travel`` reaches 1). ``travel`` 0 is exactly
+    ``prompt``'s conditioning and 1 exactly ``prompt_to``'s. Mask guidance looks the subject up in
+    the nearer of the two prompts.
     """
 
     prompt: str
@@ -152,10 +159,29 @@ class FrameSpec:
     mask: Any = None
     seed: int | None = None
     controlnet_scale: float | None = None
+    prompt_to: str | None = None
+    travel: float = 0.0
+    interpolation: Interpolation = "linear"
+
+    @property
+    def nearer_prompt(self) -> str:
+        """The prompt whose tokens mask guidance reads: ``prompt`` up to half way, then ``prompt_to``."""
+        if self.prompt_to is None or self.interpolation == "hold" and self.travel < 1 or self.travel <= 0.5:
+            return self.prompt
+        return self.prompt_to
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise EngineInputError(f"frames[].prompt: expected a string, got {type(self.prompt).__name__}")
+        if self.prompt_to is not None and not isinstance(self.prompt_to, str):
+            raise EngineInputError(
+                f"frames[].prompt_to: expected a string or None, got {type(self.prompt_to).__name__}")
+        if isinstance(self.travel, bool) or not isinstance(self.travel, (int, float)) or not 0 <= self.travel <= 1:
+            raise EngineInputError(
+                f"frames[].travel: {self.travel!r} must be a number in [0, 1] (0 = prompt, 1 = prompt_to)")
+        if self.interpolation not in get_args(Interpolation):
+            raise EngineInputError(
+                f"frames[].interpolation: {self.interpolation!r} is not one of {get_args(Interpolation)}")
         if self.seed is not None and not _is_int(self.seed):
             raise EngineInputError(f"frames[].seed: {self.seed!r} must be a whole number or None")
         if self.controlnet_scale is not None and (

@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,7 +28,7 @@ from .attention import (
     attention_layers,
     installed,
 )
-from .conditioning import DEFAULT_PROMPT_CACHE_SIZE, PromptEncoder, TextConditioning
+from .conditioning import DEFAULT_PROMPT_CACHE_SIZE, PromptEncoder, TextConditioning, parse_prompt
 from .config import ControlConfig, FrameSpec
 from .ddim import DDIM
 from .families import mask_level
@@ -64,6 +66,45 @@ class EngineStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+class SourceBranches:
+    """Source branches by what they depend on (``SourceBranch.key``), most recent last.
+
+    An engine makes its own, holding one branch. Engines of one pipeline that differ only in what
+    frames do (anchor weight, ControlNet scale, cross-frame mode, frame start) compute the same
+    branch: given one shared instance, they compute it once. Thread-safe; a branch being computed
+    by two engines at once is computed twice, never half-read.
+    """
+
+    def __init__(self, size: int = 1):
+        self.size = size
+        self._branches: OrderedDict[tuple, SourceBranch] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> "SourceBranch | None":
+        with self._lock:
+            branch = self._branches.get(key)
+            if branch is not None:
+                self._branches.move_to_end(key)
+            return branch
+
+    def make_room(self) -> None:
+        """Drop the oldest branches so that one more fits (before computing it: its keys/values
+        are the largest tensors an engine keeps)."""
+        with self._lock:
+            while len(self._branches) >= self.size:
+                self._branches.popitem(last=False)
+
+    def put(self, branch: "SourceBranch") -> None:
+        with self._lock:
+            self._branches[branch.key] = branch
+            self._branches.move_to_end(branch.key)
+            while len(self._branches) > self.size:
+                self._branches.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._branches)
 
 
 @dataclass
@@ -130,7 +171,7 @@ def _digest(*parts) -> str:
 
 class SequenceEngine:
     def __init__(self, pipe, config: ControlConfig | None = None, progress: bool = True,
-                 prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE):
+                 prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE, source_branches: SourceBranches | None = None):
         self.config = config or ControlConfig()
         self.unet, self.vae = pipe.unet, pipe.vae
         # SDXL's VAE overflows in fp16: its config asks for fp32 (diffusers upcasts it the same way).
@@ -158,7 +199,8 @@ class SequenceEngine:
         self.progress = progress
         self.stats = EngineStats()
         self.text = PromptEncoder(pipe, self.device, self.dtype, prompt_cache_size)
-        self._source: SourceBranch | None = None
+        # Shared with other engines of the same pipeline when the caller passes one (worker_cache).
+        self.source_branches = source_branches if source_branches is not None else SourceBranches()
         self._anchor: AnchorBranch | None = None
 
     # ---------------------------------------------------------------- building blocks
@@ -206,9 +248,18 @@ class SequenceEngine:
         uncond, cond = noise.chunk(2)
         return uncond + self.config.guidance_scale * (cond - uncond)
 
-    def _pair_embeddings(self, prompts: list[str]) -> TextConditioning:
-        """Conditioning of a batch: [negative rows | prompt rows] under CFG, prompt rows without."""
+    def _pair_embeddings(self, prompts: list) -> TextConditioning:
+        """Conditioning of a batch: [negative rows | prompt rows] under CFG, prompt rows without;
+        ``prompts`` holds prompt strings or ``TextConditioning`` rows."""
         return self.text.rows(prompts, self.config.negative_prompt, self.guided)
+
+    def _frame_conditioning(self, spec: FrameSpec) -> TextConditioning:
+        """A frame's own conditioning row: its prompt's, or interpolated along a prompt travel."""
+        return self.text.travel(spec.prompt, spec.prompt_to, spec.travel, spec.interpolation)
+
+    def _subject_positions(self, prompt: str) -> list[int]:
+        """Where ``mask.subject``'s words sit among ``prompt``'s conditioning tokens."""
+        return subject_positions(self.tokenizer, prompt, self.config.mask.subject, self.text.token_ids(prompt))
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -280,12 +331,13 @@ class SequenceEngine:
         self._check_inversion(inv)
         cfg = self.config
         record_maps = self._needs_source_maps()
-        tokens = subject_positions(self.tokenizer, source_prompt, cfg.mask.subject) if record_maps else None
+        tokens = self._subject_positions(source_prompt) if record_maps else None
         key = (inv.digest, source_prompt, cfg.num_steps, cfg.guidance_scale, cfg.start_step, cfg.start_layer,
                cfg.source_correction, cfg.negative_prompt, record_maps and cfg.mask.subject)
-        if self._source is not None and self._source.key == key:
-            return self._source
-        self._source = None  # free the previous branch's keys/values before computing new ones
+        cached = self.source_branches.get(key)
+        if cached is not None:
+            return cached
+        self.source_branches.make_room()  # free the previous branch's keys/values before computing new ones
 
         trajectory = inv.trajectory.to(self.device, self.dtype)
         T, S = cfg.num_steps, cfg.start_step
@@ -312,8 +364,9 @@ class SequenceEngine:
             latents = trajectory.flip(0)[1:]
         else:
             latents = torch.cat(latents)
-        self._source = SourceBranch(key, kv, maps, latents, tokens)
-        return self._source
+        branch = SourceBranch(key, kv, maps, latents, tokens)
+        self.source_branches.put(branch)
+        return branch
 
 
     # ---------------------------------------------------------------- frames: preparation
@@ -331,6 +384,13 @@ class SequenceEngine:
                 raise EngineInputError(
                     f"{label(i)}.pose: the pipeline has no ControlNet; load it with load_pipeline(..., controlnet=...)"
                 )
+            for name in ("prompt", "prompt_to"):  # weighting syntax the engine refuses, before any work
+                text = getattr(spec, name)
+                if text is not None:
+                    try:
+                        parse_prompt(text)
+                    except EngineInputError as exc:
+                        raise EngineInputError(f"{label(i)}.{name}: {str(exc).removeprefix('prompt: ')}") from None
             if spec.seed is not None and self.config.frame_start != "noise":
                 raise EngineInputError(
                     f"{label(i)}.seed: a frame's own seed only applies with frame_start='noise' "
@@ -356,10 +416,11 @@ class SequenceEngine:
                     f"{label(i)}.mask: needed because mask.subject is not set; give every frame a mask "
                     "image or set MaskConfig(subject=...)"
                 )
-            tokens.append(None if spec.mask is not None else subject_positions(self.tokenizer, spec.prompt, mask.subject))
+            # A travelling frame reads the subject in the nearer keyframe's tokens.
+            tokens.append(None if spec.mask is not None else self._subject_positions(spec.nearer_prompt))
             explicit.append(None if spec.mask is None else mask_pixels(spec.mask, f"{label(i)}.mask").to(self.device))
         if mask.source_mask is None:
-            subject_positions(self.tokenizer, source_prompt, mask.subject)
+            self._subject_positions(source_prompt)
             source = None
         else:
             source = mask_pixels(mask.source_mask, "mask.source_mask").to(self.device)
@@ -393,7 +454,9 @@ class SequenceEngine:
             poses.append(pose)
             scales.append(scale if pose is not None else 0.0)
             explicit = None if masks is None else masks.frame_explicit[i]
-            digests.append(_digest(spec.prompt, spec.seed, scales[-1], pose, explicit))
+            text = spec.prompt if spec.prompt_to is None else [spec.prompt, spec.prompt_to, spec.travel,
+                                                                spec.interpolation]
+            digests.append(_digest(text, spec.seed, scales[-1], pose, explicit))
         return _PreparedFrames(specs, self._start_latents(inv, specs), poses, scales, digests, masks)
 
     def _mask_guide(self, plan: _PreparedFrames, indices, shapes, tokens, maps) -> MaskGuide | None:
@@ -480,7 +543,7 @@ class SequenceEngine:
         processors = self._processors(
             lambda block: RecordAnchorKeysValues(block, branch.kv, kv, masks, guide),
             self._record_maps(guide), inv.trajectory.shape[2:])
-        embeddings = self._pair_embeddings([plan.specs[index].prompt])
+        embeddings = self._pair_embeddings([self._frame_conditioning(plan.specs[index])])
         with self._bar(self.config.num_steps - self.config.first_step, "anchor frame") as bar:
             z = self._denoise("anchor", plan.starts[index], embeddings, processors,
                               self._batch_control(plan, [index]), bar)
@@ -546,9 +609,14 @@ class SequenceEngine:
         done = {i: anchor_branch.latents for i, d in enumerate(plan.digests)
                 if anchor_branch is not None and d == anchor_branch.spec_digest}
 
-        # 5. Denoise the other frames in batches, each over the cached keys/values.
+        # 5. Denoise the other frames in batches, each over the cached keys/values. A batch holds
+        # frames of one conditioning length (chunks of a long prompt), so that no frame is padded
+        # for its neighbours' sake: a frame renders the same in any batch.
         todo = [i for i in range(len(plan.specs)) if i not in done]
-        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        conditioning = {i: self._frame_conditioning(plan.specs[i]) for i in todo}
+        lengths = sorted({c.tokens for c in conditioning.values()})
+        groups = [[i for i in todo if conditioning[i].tokens == n] for n in lengths]
+        batches = [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
         shapes = level_shapes(*inv.trajectory.shape[2:])
         steps = cfg.num_steps - cfg.first_step
         with self._bar(len(batches) * steps, f"frames ({len(todo)})") as bar:
@@ -556,7 +624,7 @@ class SequenceEngine:
                 guide = self._mask_guide(plan, indices, shapes, branch.tokens, branch.maps)
                 processors = self._processors(self._frame_attention(branch, anchor_branch, guide),
                                               self._record_maps(guide), shapes[0])
-                embeddings = self._pair_embeddings([plan.specs[i].prompt for i in indices])
+                embeddings = self._pair_embeddings([conditioning[i] for i in indices])
                 z = torch.cat([plan.starts[i] for i in indices])
                 z = self._denoise("frame", z, embeddings, processors, self._batch_control(plan, indices), bar,
                                   callback, indices)

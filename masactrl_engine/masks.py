@@ -36,11 +36,17 @@ def grid_of(tokens: int, shapes: list[tuple[int, int]]) -> tuple[int, int]:
     raise ValueError(f"no UNet level has {tokens} tokens (levels: {shapes})")
 
 
-def subject_positions(tokenizer, prompt: str, subject: str) -> list[int]:
+def subject_positions(tokenizer, prompt: str, subject: str, ids: list[int] | None = None) -> list[int]:
     """Token positions of every word of ``subject`` in the encoded ``prompt`` (words may span
-    several tokens; every occurrence counts)."""
+    several tokens; every occurrence counts).
+
+    ``ids`` are the prompt's token ids laid out as its conditioning's tokens (for a weighted or
+    long prompt: the parsed, chunked sequence, ``PromptEncoder.token_ids``); without them, the
+    prompt's first window as the plain tokenizer cuts it.
+    """
     limit = tokenizer.model_max_length
-    ids = tokenizer(prompt, truncation=True, max_length=limit).input_ids
+    if ids is None:
+        ids = tokenizer(prompt, truncation=True, max_length=limit).input_ids
     positions: list[int] = []
     for word in subject.split():
         pieces = tokenizer(word, add_special_tokens=False).input_ids
@@ -48,7 +54,8 @@ def subject_positions(tokenizer, prompt: str, subject: str) -> list[int]:
         if not pieces or not found:
             raise EngineInputError(
                 f"mask.subject: the word {word!r} does not occur in the prompt {prompt!r} "
-                f"(within its first {limit} tokens); use a word of the prompt or give an explicit mask"
+                f"(in its {len(ids)} tokens, weighting syntax parsed away); use a word of the prompt or give an "
+                "explicit mask"
             )
         positions += [i + j for i in found for j in range(len(pieces))]
     return sorted(set(positions))

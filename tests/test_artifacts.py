@@ -9,10 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from flows.jobdir.layout import folder_name
+from flows.quality.report import FrameMetrics, JobMetrics, MetricsSummary, PairMetrics, metrics_table
 from flows.ui.artifacts import (
     artifact_key,
     frame_table,
     job_hash_of_key,
+    md_text,
+    metrics_description,
     outputs_markdown,
     progress_description,
     progress_percent,
@@ -65,6 +68,30 @@ def test_progress_text():
     assert "33% (4/12 frames)" in failed and "failed at chunk 2 of 3" in failed
     assert "failed at chunk" not in progress_description(4, 12, HASH, status="failed")
     assert "failed" in progress_description(4, 12, HASH, status="failed")
+    # a finished job's progress card links its animation first
+    done = progress_description(12, 12, HASH, "cat", status="done", gif_url="http://m/x/animation.gif")
+    assert done.startswith("[Open the animation (GIF)](http://m/x/animation.gif) · Frames of job cat")
+    assert done.endswith("100% (12/12 frames), done")
+
+
+def test_markdown_text_is_never_a_link():
+    """Prefect's UI renders descriptions and cells as markdown: an '@' made PCK@0.05 a mailto: link."""
+    import markdown_it
+
+    md = markdown_it.MarkdownIt("gfm-like") if _has_linkify() else markdown_it.MarkdownIt("commonmark")
+    for text in ("PCK@0.05 0.75", "see www.example.com or http://example.com/x", "a [b](c) `d` *e* | f <i>x</i>"):
+        escaped = md_text(text)
+        html = md.render(escaped)
+        assert "<a " not in html and "<i>" not in html and "<code>" not in html and "<em>" not in html, html
+    assert md_text("PCK@0.05") == "PCK\\@0.05" and md_text("frame_0001.png") == "frame_0001.png"
+
+
+def _has_linkify() -> bool:
+    try:
+        import linkify_it  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _result(job_dir: Path, **extra) -> dict:
@@ -117,17 +144,18 @@ def test_outputs_markdown_side_by_side_and_no_gif(media, tmp_path):
     assert f"![pose and frame](http://media.test:4300/{folder_name(HASH)}/side_by_side.gif)" in text
 
 
-def test_frame_table_rows_with_thumbnails(media, tmp_path):
+def test_frame_table_rows_link_frames_and_poses(media, tmp_path):
     job_dir = tmp_path / "out" / folder_name(HASH)
-    frames = [SimpleNamespace(index=i, prompt=f"a cat {i}", pose=f"/p/pose_{i:04d}.png" if i else None)
-              for i in range(3)]
+    frames = [SimpleNamespace(index=i, prompt=f"a cat {i}",
+                              pose=str(job_dir / "poses" / f"pose_{i:04d}.png") if i else None) for i in range(3)]
     reports = [{"rendered": [1, 2], "frame_seconds": {"1": 0.51234, "2": 0.5}}]
     rows = frame_table(frames, job_dir, reports)
     assert [r["index"] for r in rows] == [0, 1, 2]
     url = f"http://media.test:4300/{folder_name(HASH)}/frames/frame_0001.png"
     assert rows[1]["frame"] == f"[frame_0001.png]({url})"  # the UI renders links in table cells
     assert rows[1]["url"] == url and rows[1]["file"] == str(job_dir / "frames" / "frame_0001.png")
-    assert rows[1]["pose"] == "pose_0001.png" and rows[0]["pose"] == ""
+    pose_url = f"http://media.test:4300/{folder_name(HASH)}/poses/pose_0001.png"
+    assert rows[1]["pose"] == f"[pose_0001.png]({pose_url})" and rows[0]["pose"] == ""
     assert rows[1]["seconds"] == 0.512 and rows[0]["seconds"] == 0.0
     assert [r["status"] for r in rows] == ["on disk", "rendered", "rendered"]
     assert rows[2]["prompt"] == "a cat 2"
@@ -179,3 +207,45 @@ def test_publish_outputs_takes_the_flow_result(media, tmp_path, monkeypatch):
     assert [r["status"] for r in by_kind["create_table_artifact"]["table"]] == ["rendered"] * 3 + ["on disk"]
     links = [kwargs["link"] for kind, _, kwargs in calls if kind == "create_link_artifact"]
     assert links == [gif_url, gif_url.replace(".gif", ".mp4")]
+
+
+def _metrics(**not_measured) -> JobMetrics:
+    frames = [FrameMetrics(index=i, file=f"frames/frame_{i:04d}.png", appearance_emd=1.23456789 + i,
+                           appearance_bhattacharyya=0.123456789, appearance_region="frame") for i in range(3)]
+    pairs = [PairMetrics(first=i, second=i + 1, warp_error=3.14159265 * (i + 1), frame_difference=5.0,
+                         consistent_fraction=0.9) for i in range(2)]
+    return JobMetrics(job_dir="/out/0123456789abcdef", width=64, height=64, frames=frames, pairs=pairs,
+                      summary=MetricsSummary(frames=3, warp_error=4.7, frame_difference=5.0, appearance_emd=2.2,
+                                             pose_pck=0.75, pose_mean_distance_px=4.2),
+                      not_measured=not_measured)
+
+
+def test_metrics_table_is_labelled_rounded_and_says_what_was_not_measured():
+    metrics = _metrics(background_ssim="no subject mask", pose="no poses in this job")
+    rows = metrics_table(metrics)
+    assert [r["Frame"] for r in rows] == ["0", "1", "2"]
+    first = rows[0]
+    flicker = next(k for k in first if k.startswith("Flicker"))
+    emd = next(k for k in first if k.startswith("Colour dist."))
+    ssim = next(k for k in first if k.startswith("Background SSIM"))
+    pck = next(k for k in first if k.startswith("Pose PCK"))
+    assert "/255" in flicker and "Lab" in emd and "0–1" in ssim  # units in the labels
+    assert [r[flicker] for r in rows] == ["3.14", "6.28", "— (last frame)"]
+    assert first[emd] == "1.23" and rows[2][emd] == "3.23"
+    assert first[ssim] == "—" and first[pck] == "—"  # not measured: a dash, the reason in the description
+    assert not any("_" in k for k in first) and not any("@" in k for k in first)
+    description = metrics_description(metrics)
+    assert "no subject mask" in description and "no poses in this job" in description
+    assert "PCK\\@0.05" in description and "metrics.json" in description
+    assert "warp error to the next frame" in description and "lower = closer" in description  # the legend
+
+
+def test_metrics_table_shows_a_frame_field_it_does_not_know():
+    """Another metric added to FrameMetrics shows up as a column before anyone labels it."""
+    metrics = _metrics()
+    frames = [{**f.model_dump(), "interpolated": i == 1} for i, f in enumerate(metrics.frames)]
+    loose = SimpleNamespace(**{**{k: getattr(metrics, k) for k in ("pairs", "not_measured")},
+                               "frames": [SimpleNamespace(model_dump=lambda f=f: f) for f in frames]})
+    rows = metrics_table(loose)
+    assert [r["Interpolated"] for r in rows] == ["no", "yes", "no"]
+    assert not any(k.startswith("Background") for k in rows[0])  # nothing measured, no reason: no column

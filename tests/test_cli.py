@@ -119,8 +119,15 @@ def test_demo_prints_gif_and_mp4(tmp_path, capsys):
     assert len(gifs) == len(mp4s) == 2 and all(Path(p).is_file() for p in gifs + mp4s)
     assert "astronaut-walk:" in out and "cat-prompts:" in out and "pose | frame:" in out
     assert (tmp_path / "demo" / "inputs" / "astronaut.png").is_file()
+    # The walk loops with in-betweens: one after every rendered frame, the last bridging back to the first.
+    poses = len(list(WALK.glob("*.json")))
     with Image.open(gifs[0]) as walk:
-        assert walk.n_frames == len(list(WALK.glob("*.json")))
+        assert walk.n_frames == 2 * poses
+    job_dir = Path(gifs[0]).parent
+    assert len(list((job_dir / "inbetweens").glob("*.png"))) == poses
+    assert len(list((job_dir / "frames").glob("*.png"))) == poses  # derived frames stay out of the frames
+    with Image.open(gifs[1]) as cat:
+        assert cat.n_frames == 6  # the prompt sequence as rendered
     # The walk moves: consecutive frames differ where the limbs do (before the tiny ControlNet
     # followed its poses they differed by at most 1 grey level: a still picture).
     frames = [np.asarray(Image.open(p), np.float64) for p in sorted((Path(gifs[0]).parent / "frames").glob("*.png"))]

@@ -614,3 +614,20 @@ def test_env_example_and_readme_document_the_roots():
     for needle in ("MASACTRL_INPUT_ROOTS", "MASACTRL_OUTPUT_ROOT", "--input-root", "--output-root",
                    "What a run may read and write", "/data/inputs"):
         assert needle in text, needle
+
+
+def test_the_inbox_schedule_waits_for_job_files(tmp_path):
+    """`serve` over an empty inbox registers its cron paused (no runs of an empty folder in the
+    run list); with a job file there it is active; without a cron there is nothing to pause."""
+    from flows.deployments import build_deployments
+
+    def inbox_deployment(**kwargs):
+        return {d.name: d for d in build_deployments(tmp_path, **kwargs)}["animate-inbox"]
+
+    empty = inbox_deployment()
+    assert empty.paused is True and [s.schedule.cron for s in empty.schedules] == ["*/5 * * * *"]
+    (tmp_path / "cat.yaml").write_text("source: {prompt: a cat}\n")
+    assert inbox_deployment().paused is False
+    (tmp_path / "cat.yaml").unlink()
+    unscheduled = inbox_deployment(cron=None)
+    assert unscheduled.paused is False and not unscheduled.schedules

@@ -14,9 +14,11 @@ import flows.execution.rendering as rendering
 from flows import AnimationJob, animate, task_runner_for
 from flows.execution import worker_cache
 from flows.deployments import animate_inbox
+from flows.jobdir import frame_store
 from flows.jobdir.frames_io import frame_path
+from flows.jobdir.layout import FrameStore
 from flows.jobdir.layout import folder_name
-from flows.job.model import JobInputError, ModelSpec, RenderSettings
+from flows.job.model import ModelSpec, RenderSettings
 from flows.job.plan import ChunkRequest, EngineRequest, FramePlan
 from flows.execution.worker_cache import EngineSlot
 
@@ -230,8 +232,7 @@ def test_prompt_pose_count_mismatch_fails_before_any_model_load(cat_png, tmp_pat
                    model={"model": "tiny", "controlnet": "tiny"})
     state = animate(job, return_state=True)
     assert state.is_failed()
-    error = state.result(raise_on_failure=False)
-    assert isinstance(error, JobInputError) and error.field == "frames.prompts"
+    assert state.message.startswith("Invalid job: frames.prompts: 2 prompts for 3 poses")
     assert worker_cache.pipeline_loads() == loads
     assert not (tmp_path / "out").exists()
 
@@ -324,17 +325,18 @@ def fake_engine(monkeypatch):
 def chunk(tmp_path, indices, batch_size=4):
     request = EngineRequest(model=ModelSpec(model="tiny"),
                             settings=RenderSettings(width=64, height=64, steps=2, start_step=0))
-    return ChunkRequest(index=0, job_dir=str(tmp_path), inversion_dir=str(tmp_path / "inv"), source_prompt="src",
-                        frames=[FramePlan(index=i, prompt=str(i)) for i in indices],
+    return ChunkRequest(index=0, job_dir=str(tmp_path), store_dir=str(tmp_path / "store"),
+                        inversion_dir=str(tmp_path / "inv"), source_prompt="src",
+                        frames=[FramePlan(index=i, prompt=str(i), key=f"{i:016x}") for i in indices],
                         batch_size=batch_size, engine=request)
 
 
 def test_chunk_skips_frames_on_disk(tmp_path, fake_engine):
     engine = fake_engine(FakeEngine())
-    from flows.jobdir.manifest import write_frame
-
-    write_frame(Image.new("RGB", (64, 64)), tmp_path, 1)  # a finished frame: PNG and its digest
+    store = FrameStore(tmp_path / "store")
+    frame_store.put(store, f"{1:016x}", Image.new("RGB", (64, 64)))  # rendered before: in the store
     report = rendering.render_chunk_frames(chunk(tmp_path, [0, 1, 2]))
+    assert frame_path(tmp_path, 1).is_file()  # presented in the job folder without rendering
     assert engine.batches == [["0", "2"]]
     assert report.rendered == [0, 2] and report.skipped == [1] and report.stats == {"frame_calls": 1}
     assert png(frame_path(tmp_path, 2))[0, 0, 0] == 2
@@ -356,7 +358,7 @@ def test_chunk_out_of_memory_twice_fails_but_keeps_written_frames(tmp_path, fake
     with pytest.raises(torch.cuda.OutOfMemoryError):
         rendering.render_chunk_frames(chunk(tmp_path, [0, 1, 2, 3], batch_size=4))
     assert engine.batches == [["0", "1", "2", "3"], ["0", "1"]]
-    assert not frame_path(tmp_path, 0).exists()
+    assert not frame_path(tmp_path, 0).exists() and not FrameStore(tmp_path / "store").entries()
 
 
 def test_task_runner_for_job(cat_png, tmp_path, monkeypatch):

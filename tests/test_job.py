@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from flows.job.model import (AnimationJob, JobInputError, ModelSpec, MovedFieldWarning, NotHashed, RenderSettings, SourceSpec,
                        describe_validation_error)
 from flows.job.files import JobFileError, load_job, load_job_data, parse_override, set_dotted
-from flows.job.plan import plan_job
+from flows.job.plan import ANCHOR_SETTINGS, plan_job
 from flows.jobdir.layout import folder_name
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -44,7 +44,7 @@ def test_defaults_and_single_prompt(image, tmp_path):
     assert job.frames.prompts == ["a cat sitting"]
     assert job.model.model == "tiny" and job.model.controlnet is None
     assert job.execution.runner is None and job.execution.workers == 1  # None: the deployment decides
-    assert job.output.gif and job.output.mp4 and job.output.loop == 0
+    assert job.output.gif and job.output.mp4 and job.output.gif_loops == 0 and job.output.loop == "none"
     assert job.source.image.is_absolute()
 
 
@@ -333,10 +333,18 @@ def test_every_render_setting_changes_the_job_hash(image, tmp_path):
     h = _hash_of(data)
     assert h == _hash_of(data)
     settings = AnimationJob.model_validate(data).settings
+    anchored = {**{f"settings.{k}": v for k, v in data["settings"].items()}, "settings.cross_frame": "anchor",
+                "frames.prompts": ["a cat", "a cat standing"]}
     for name in RenderSettings.model_fields:
         value = _other_value(RenderSettings, name, getattr(settings, name))
-        assert _hash_of(base(image, tmp_path, **{**{f"settings.{k}": v for k, v in data["settings"].items()},
-                                                  f"settings.{name}": value})) != h, name
+        changed = _hash_of(base(image, tmp_path, **{**{f"settings.{k}": v for k, v in data["settings"].items()},
+                                                    f"settings.{name}": value}))
+        if name in ANCHOR_SETTINGS:  # frames depend on them only when they attend to an anchor frame
+            assert changed == h, name
+            assert _hash_of(base(image, tmp_path, **{**anchored, f"settings.{name}": value})) != _hash_of(
+                base(image, tmp_path, **anchored)), name
+        else:
+            assert changed != h, name
 
 
 def test_source_and_model_fields_change_the_job_hash_unless_marked(image, tmp_path):

@@ -50,7 +50,7 @@ def test_job_folder_names_are_those_old_runs_wrote(tmp_path):
         {want: want for want in names.values()}
     assert f.frames_dir == tmp_path / "frames" and f.poses_dir == tmp_path / "poses"
     assert f.masks_dir == tmp_path / "masks"
-    assert f.temp_folders == (tmp_path, tmp_path / "frames", tmp_path / "poses")
+    assert f.temp_folders == (tmp_path, tmp_path / "frames", tmp_path / "poses", tmp_path / "inbetweens")
     assert isinstance(JobFolder(str(tmp_path)).path, Path) and Path(JobFolder(tmp_path)) == tmp_path
 
 

@@ -279,16 +279,50 @@ def test_metrics_json_round_trip_and_stable_schema(tmp_path):
     doc = json.loads(path.read_text())
     # The schema other tools read: renaming a key is a version bump.
     assert doc["version"] == quality.METRICS_VERSION == 1
-    assert set(doc) == {"version", "job_dir", "job_hash", "width", "height", "frames", "pairs", "summary",
-                        "not_measured", "method", "seconds"}
+    assert set(doc) == {"version", "job_dir", "job_hash", "width", "height", "frames", "pairs", "wrap_pair",
+                        "summary", "not_measured", "method", "seconds"}
     assert set(doc["frames"][0]) == {"index", "file", "appearance_emd", "appearance_bhattacharyya",
                                      "appearance_region", "background_ssim", "pose_pck", "pose_mean_distance_px",
-                                     "pose_points"}
+                                     "pose_points", "interpolated", "between", "t"}
     assert set(doc["pairs"][0]) == {"first", "second", "warp_error", "frame_difference", "consistent_fraction"}
     assert set(doc["summary"]) == {"frames", "warp_error", "frame_difference", "appearance_emd",
                                    "appearance_bhattacharyya", "appearance_region", "background_ssim", "pose_pck",
                                    "pose_mean_distance_px", "source_psnr_db"}
     assert quality.read_metrics(job_dir) == m
+
+
+@pytest.mark.parametrize("loop,wrap", [("none", None), ("crossfade", (3, 0)), ("pingpong", (1, 0))])
+def test_metrics_mark_inbetweens_and_measure_the_wrap_around_pair(tmp_path, loop, wrap):
+    from flows.jobdir.stitch import stitch_outputs
+
+    frames = translated(4, step=3)
+    job_dir = make_job(tmp_path, frames)
+    plain = quality.compute_job_metrics(job_dir)
+    assert plain.wrap_pair is None and all(r.interpolated is None for r in plain.frames)  # stitched before playback.json
+    paths = [job_dir / "frames" / f"frame_{i:04d}.png" for i in range(4)]
+    stitch_outputs(paths, job_dir, fps=4, interpolate=2, loop=loop, mp4=False)
+    m = quality.compute_job_metrics(job_dir)
+    shown = [(r.index, r.interpolated, r.between, r.t) for r in m.frames]
+    expected = [(0, False, None, None), (0, True, [0, 1], 0.5), (1, False, None, None), (1, True, [1, 2], 0.5),
+                (2, False, None, None), (2, True, [2, 3], 0.5), (3, False, None, None)]
+    if loop == "crossfade":
+        expected.append((3, True, [3, 0], 0.5))
+    assert shown == expected
+    middle = m.frames[1]
+    assert middle.file == "inbetweens/between_0000_0001_1of2.png" and middle.appearance_emd is not None
+    assert middle.pose_pck is None
+    # The summary stays the rendered frames' own, comparable with jobs without in-betweens.
+    assert m.summary == plain.summary
+    assert [(p.first, p.second) for p in m.pairs] == [(0, 1), (1, 2), (2, 3)]
+    if wrap is None:
+        assert m.wrap_pair is None
+    else:
+        assert (m.wrap_pair.first, m.wrap_pair.second) == wrap
+        first, second = frames[wrap[0]], frames[wrap[1]]
+        assert m.wrap_pair.warp_error == pytest.approx(quality.pair_flicker(first, second).warp_error)
+        if loop == "crossfade":  # frames 3 -> 0 are 9 px apart, 0 -> 1 only 3
+            assert m.wrap_pair.frame_difference > m.pairs[0].frame_difference
+    assert quality.JobMetrics.model_validate_json(m.model_dump_json()) == m
 
 
 def test_infinite_psnr_survives_the_round_trip(tmp_path):

@@ -104,11 +104,26 @@ def test_stitch_outputs_writes_everything_and_no_temp_files(tmp_path):
     poses = [frames_io.save_png_atomic(f, frames_io.pose_path(tmp_path, i)) for i, f in enumerate(_frames(3))]
     out = stitch.stitch_outputs(paths, tmp_path, fps=6, pose_paths=poses)
     assert set(out) == {"gif", "mp4", "contact_sheet", "side_by_side_png", "side_by_side_gif", "side_by_side_mp4"}
+    assert not (tmp_path / "inbetweens").exists()  # interpolate 1: nothing derived
     assert all(os.path.isfile(p) for p in out.values())
     assert _gif_info(out["side_by_side_gif"])[:2] == (3, (128, 48))
     assert not [p for p in tmp_path.rglob(".*")], "temporary files left behind"
     only_gif = stitch.stitch_outputs(paths, tmp_path / "g", fps=6, mp4=False)
     assert set(only_gif) == {"gif", "contact_sheet"}
+
+
+def test_stitch_with_inbetweens_keeps_the_pose_preview_to_rendered_frames(tmp_path):
+    paths = [frames_io.save_png_atomic(f, frames_io.frame_path(tmp_path, i)) for i, f in enumerate(_frames(3))]
+    poses = [frames_io.save_png_atomic(f, frames_io.pose_path(tmp_path, i)) for i, f in enumerate(_frames(3))]
+    out = stitch.stitch_outputs(paths, tmp_path, fps=5, gif_loops=2, pose_paths=poses, interpolate=2, loop="crossfade")
+    count, size, loop, durations = _gif_info(out["gif"])
+    assert (count, size, loop) == (6, (64, 48), 2) and durations == [stitch.gif_frame_duration_ms(10)] * 6
+    reader = imageio.get_reader(out["mp4"], format="FFMPEG")
+    assert reader.get_meta_data()["fps"] == 10 and len([f for f in reader]) == 6
+    reader.close()
+    # The pose | frame pairs have no in-betweens: rendered frames at the rendered frame rate.
+    assert _gif_info(out["side_by_side_gif"]) == (3, (128, 48), 2, [200] * 3)
+    assert stitch.contact_sheet(_frames(2), interpolated=[False, True]).getpixel((64, 0)) == stitch.INTERPOLATED_MARK
 
 
 def test_stitch_rejects_bad_input(tmp_path):

@@ -138,6 +138,38 @@ def test_ranking_table_json_and_artifact(first_sweep):
     rows = json.loads(artifact.data)
     assert [r["set"] for r in rows] == [r["set"] for r in result.table]
     assert result.best_set in artifact.description
+    # each cell's GIF is a link in the ranking the UI shows
+    by_rank = {c.rank: c for c in result.cells}
+    for row in rows:
+        cell = by_rank[row["rank"]]
+        assert row["GIF"] == f"[cell {cell.index} GIF]({Path(cell.gif).as_uri()})"
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"sweep-progress-{result.sweep_hash[:16]}"])))[0]
+    total = CELLS * len(FRAMES)
+    assert float(progress.data) == 100.0 and progress.description.endswith(f"100% ({total}/{total} frames), done")
+
+
+def test_the_best_cell_is_a_complete_job_file(first_sweep, capsys):
+    """best_job.yaml: the best cell's whole job, no sweep section; it validates and plans to the
+    best cell's own job folder, so `run best_job.yaml` reuses the frames the sweep rendered."""
+    _, result = first_sweep
+    best = result.cells[result.best_cell]
+    path = Path(result.best_job)
+    assert path == Path(result.sweep_dir) / "best_job.yaml"
+    text = path.read_text()
+    assert text.startswith("# The best cell of sweep") and "masactrl-animate run best_job.yaml" in text
+    data = yaml.safe_load(text)
+    assert data["sweep"] is None
+    for key, value in best.values.items():
+        section, name = key.split(".")
+        assert data[section][name] == value
+    assert main(["validate", str(path)]) == 0
+    assert f"-> {best.job_dir}" in capsys.readouterr().out
+    from flows.job.files import load_job
+
+    assert plan_job(load_job(path), write=False).job_hash == best.job_hash
+    assert json.loads(Path(result.ranking).read_text())["best_job"] == str(path)
 
 
 def test_rerun_renders_nothing(first_sweep):

@@ -77,8 +77,33 @@ def test_engines_stay_within_the_byte_budget(tiny_env, source_png, tmp_path):
         render_with(guidance)
         worker_cache.enforce_budget(budget)
         assert sum(worker_cache.cached_bytes().values()) <= budget
-    assert worker_cache.engine_count() == 2  # the two most recent
+    # Engines of one pipeline share its source branches, holding the latest: the older engines
+    # keep only their small caches, so none had to go (six render engines and the inversion's).
+    assert worker_cache.engine_count() == 7
     assert worker_cache.pipeline_loads() >= 1
+
+
+def test_frame_side_settings_share_one_source_branch(tiny_env, source_png, tmp_path):
+    """A sweep over anchor weight x ControlNet scale: four engines, one source branch."""
+    from masactrl_engine import FrameSpec, InvertedSource
+
+    plan = plan_job(job(source_png, tmp_path), write=False)
+    ensure_inversion(plan.inversion)
+    inv = InvertedSource.load(plan.inversion.folder)
+    model = ModelSpec(model="tiny", controlnet="tiny")
+    pose = Image.new("RGB", (64, 64))
+    source_samples, engines = [], set()
+    for weight in (0.5, 1.0):
+        for scale in (0.5, 1.0):
+            settings = job(source_png, tmp_path, cross_frame="anchor", anchor_weight=weight,
+                           controlnet_scale=scale).settings
+            slot = worker_cache.get_engine(model, control_config(settings))
+            slot.engine.render(inv, "a photo of a cat", [FrameSpec("a cat", pose=pose)] * 2, output_type="latent")
+            source_samples.append(slot.engine.stats.source_samples)
+            engines.add(id(slot.engine))
+    assert len(engines) == 4
+    # Two CFG samples per controlled step (T - S = 2), computed by the first engine only.
+    assert source_samples == [2 * (STEPS - 1), 0, 0, 0]
 
 
 def test_the_most_recent_engine_stays_even_over_budget(tiny_env):

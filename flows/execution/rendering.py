@@ -2,9 +2,10 @@
 
 Both are idempotent on disk, and the disk is the only record of what is done. An inversion lives
 in a folder named by its content hash: a folder holding a readable inversion whose digest checks
-is reused; a missing, partial or corrupt one is computed again (with one warning). A frame whose
-PNG exists is not rendered again. So a retry, a re-run of a crashed job, or another job on the
-same source only does what is missing.
+is reused; a missing, partial or corrupt one is computed again (with one warning). A frame lives
+in the frame store under its content key: an entry that checks is not rendered again, only
+presented in the job folder. So a retry, a re-run of a crashed job, an edited job, or another job
+on the same source only does what is missing.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from pydantic import BaseModel, Field
 
 from flows.execution import worker_cache
 from flows.job.plan import ChunkRequest, FramePlan, InversionRequest, control_config, decoded_source, fit_source
-from flows.jobdir import frames_io, manifest as frame_manifest
-from flows.jobdir.layout import InversionFolder
-from flows.jobdir.manifest import unverified_frames
+from flows.jobdir import frame_store, frames_io
+from flows.jobdir.layout import FrameStore, InversionFolder
 
 log = logging.getLogger("flows.execution.rendering")
 
@@ -124,26 +124,35 @@ def frame_spec(frame: FramePlan):
     from masactrl_engine import FrameSpec
 
     pose = frames_io.load_rgb(frame.pose) if frame.pose else None
-    return FrameSpec(prompt=frame.prompt, pose=pose, seed=frame.seed, controlnet_scale=frame.controlnet_scale)
+    travel = {} if frame.prompt_to is None else {
+        "prompt_to": frame.prompt_to, "travel": frame.travel, "interpolation": frame.interpolation}
+    return FrameSpec(prompt=frame.prompt, pose=pose, seed=frame.seed, controlnet_scale=frame.controlnet_scale,
+                     **travel)
 
 
 def render_chunk_frames(
     chunk: ChunkRequest,
     logger: logging.Logger | None = None,
 ) -> ChunkReport:
-    """Render the frames of ``chunk`` that are not on disk yet; write each PNG atomically.
+    """Render the frames of ``chunk`` that are not in the frame store yet, and present every frame
+    of the chunk in the job folder as soon as its entry exists.
 
-    Frames are rendered ``batch_size`` at a time and written after every batch, so a crash
-    loses at most one batch. On out-of-memory the batch is retried once at half the size after
-    freeing memory.
+    Frames are rendered ``batch_size`` at a time and stored after every batch, so a crash loses at
+    most one batch. Frames with the same key render once. On out-of-memory the batch is retried
+    once at half the size after freeing memory.
     """
     logger = logger or log
     t0 = time.perf_counter()
-    todo_idx = set(unverified_frames(chunk.job_dir, [f.index for f in chunk.frames], chunk.size))
-    todo = [f for f in chunk.frames if f.index in todo_idx]
-    report = ChunkReport(index=chunk.index, skipped=[f.index for f in chunk.frames if f.index not in todo_idx])
+    store = FrameStore(chunk.store_dir)
+    missing = frame_store.missing_keys(store, [_key(f) for f in chunk.frames], chunk.size)
+    todo = list({f.key: f for f in reversed(chunk.frames) if f.key in missing}.values())[::-1]  # one per key
+    rendering = {f.index for f in todo}
+    report = ChunkReport(index=chunk.index, skipped=[f.index for f in chunk.frames if f.index not in rendering])
+    for f in chunk.frames:
+        if f.key not in missing:
+            frame_store.present(store, f.key, chunk.job_dir, f.index)
     if not todo:
-        logger.info("Chunk %d: all %d frames already on disk", chunk.index, len(chunk.frames))
+        logger.info("Chunk %d: all %d frames already rendered", chunk.index, len(chunk.frames))
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -177,13 +186,33 @@ def render_chunk_frames(
                 continue
             per_frame = (time.perf_counter() - tb) / len(batch)
             for f, image in zip(batch, images):
-                frame_manifest.write_frame(image, chunk.job_dir, f.index)  # PNG + its digest
+                frame_store.put(store, f.key, image)  # PNG + its digest
                 report.rendered.append(f.index)
                 report.frame_seconds[f.index] = per_frame
+            for f in chunk.frames:
+                if f.key in {b.key for b in batch}:
+                    frame_store.present(store, f.key, chunk.job_dir, f.index)
             start += len(batch)
         report.stats = _delta(before, _stats(slot.engine))
     worker_cache.enforce_budget()
     report.seconds = time.perf_counter() - t0
-    logger.info("Chunk %d: rendered %d frame(s), %d already on disk, %.1f s",
-                chunk.index, len(report.rendered), len(report.skipped), report.seconds)
+    logger.info("Chunk %d: rendered frame(s) %s, %d already rendered, %.1f s",
+                chunk.index, _indices(report.rendered), len(report.skipped), report.seconds)
     return report
+
+
+def _key(frame: FramePlan) -> str:
+    if frame.key is None:
+        raise ValueError(f"frame {frame.index} has no content key; plan the job with flows.job.plan.plan_job")
+    return frame.key
+
+
+def _indices(indices: list[int]) -> str:
+    """``0-3, 7``: frame indices as ranges, for a log line."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"

@@ -77,6 +77,7 @@ class EngineSlot:
 _lock = threading.RLock()
 _pipelines: "OrderedDict[tuple, Any]" = OrderedDict()
 _engines: "OrderedDict[tuple, EngineSlot]" = OrderedDict()
+_source_branches: dict[tuple, Any] = {}  # pipeline key -> masactrl_engine.engine.SourceBranches
 _pipeline_loads = 0
 
 
@@ -109,6 +110,7 @@ def get_pipeline(model: ModelSpec):
             old_key, _ = _pipelines.popitem(last=False)
             for engine_key in [k for k in _engines if k[0] == old_key]:
                 del _engines[engine_key]
+            _source_branches.pop(old_key, None)
             free_memory()
         _quiet_loading_bars()
         name, controlnet, device, dtype, loras = key
@@ -121,15 +123,24 @@ def get_pipeline(model: ModelSpec):
 
 
 def get_engine(model: ModelSpec, config) -> EngineSlot:
-    """The process's engine for this model and ``masactrl_engine.ControlConfig``."""
-    from masactrl_engine import SequenceEngine
+    """The process's engine for this model and ``masactrl_engine.ControlConfig``.
 
-    key = (pipeline_key(model), config)
+    Engines of one pipeline share its source branches: engines that differ in frame-side settings
+    only (a sweep over anchor weight or ControlNet scale) compute the source branch once, since it
+    is keyed by what it depends on (inversion, source prompt, steps, guidance, window, correction,
+    mask subject), not by the whole config."""
+    from masactrl_engine import SequenceEngine
+    from masactrl_engine.engine import SourceBranches
+
+    pipe_key = pipeline_key(model)
+    key = (pipe_key, config)
     with _lock:
         if key in _engines:
             _engines.move_to_end(key)
             return _engines[key]
-        slot = EngineSlot(SequenceEngine(get_pipeline(model), config, progress=False))
+        pipe = get_pipeline(model)
+        branches = _source_branches.setdefault(pipe_key, SourceBranches())
+        slot = EngineSlot(SequenceEngine(pipe, config, progress=False, source_branches=branches))
         _engines[key] = slot
         return slot
 
@@ -138,8 +149,11 @@ def cached_bytes() -> dict[tuple, int]:
     """Bytes each cached engine holds in its caches (source branch, anchor, prompt embeddings)."""
     from masactrl_engine.memory import tensor_bytes
 
+    # Newest first with one `seen` set: a source branch that engines share counts once, for the
+    # newest of them (evicting an older engine does not free it).
+    seen: set[int] = set()
     with _lock:
-        return {key: tensor_bytes(slot.engine) for key, slot in _engines.items()}
+        return {key: tensor_bytes(_engines[key].engine, seen) for key in reversed(_engines)}
 
 
 def enforce_budget(budget: int | None = None) -> list[tuple]:
@@ -163,6 +177,8 @@ def enforce_budget(budget: int | None = None) -> list[tuple]:
                 slot.lock.release()
             total -= sizes[key]
             evicted.append(key)
+        for pipe_key in [k for k in _source_branches if not any(e[0] == k for e in _engines)]:
+            del _source_branches[pipe_key]  # no engine of that pipeline left to share them
     if evicted:
         log.info("Evicted %d cached engine(s) to stay within %.1f GiB", len(evicted), budget / (1 << 30))
         free_memory()
@@ -183,6 +199,7 @@ def clear() -> None:
     with _lock:
         _engines.clear()
         _pipelines.clear()
+        _source_branches.clear()
     free_memory()
 
 

@@ -245,8 +245,8 @@ def finished_result(job: AnimationJob) -> Optional[Path]:
         paths = list(doc.get("outputs", {}).values()) + list(doc.get("frames", []))
     except (OSError, ValueError, AttributeError):
         return None
-    if not all(Path(p).exists() for p in paths):
-        return None
+    if doc.get("missing_frames") or not all(Path(p).exists() for p in paths):
+        return None  # a subset run's preview, or outputs gone
     # A frame that no longer matches its digest (cut, overwritten) means the job must run again.
 
     return result if all_verified(doc.get("frames", [])) else None

@@ -15,7 +15,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -30,6 +30,7 @@ from flows.job.checks import (
     weights_files_problem,
 )
 from flows.job.hashing import NotHashed
+from flows.jobdir.layout import RESERVED_NAMES, is_job_folder_name
 from flows.job.runner_settings import RunnerSettings
 from flows.job.sweep_axes import SweepError, flatten, frame_list, parse_axes
 
@@ -195,11 +196,20 @@ class FramesSpec(_Model):
 
     model_config = ConfigDict(title="Frames")
 
-    prompts: list[Annotated[str, Field(max_length=2000)]] = Field(
+    prompts: Union[Annotated[list[Annotated[str, Field(max_length=2000)]], Field(max_length=10000)],
+                   Annotated[dict[Annotated[int, Field(ge=0, le=9999)], Annotated[str, Field(max_length=2000)]],
+                             Field(max_length=10000)]] = Field(
         default_factory=list,
-        max_length=10000,
-        description="One prompt per frame, e.g. ['a cat sitting', 'a cat standing']. With poses, a single prompt is "
-        "used for every pose; an empty list uses the source prompt for every pose.",
+        description="One prompt per frame, e.g. ['a cat sitting', 'a cat standing'], or keyframes {frame: prompt}, "
+        "e.g. {0: 'a cat sitting', 12: 'a cat standing'}: frames between two keyframes get conditioning "
+        "interpolated between theirs (frames.prompt_interpolation). With poses, a single prompt is used for every "
+        "pose; an empty list uses the source prompt for every pose. Weights: (word)1.3 or (word:1.3); prompts "
+        "longer than 77 tokens are encoded in chunks.",
+    )
+    prompt_interpolation: Literal["linear", "slerp", "hold"] = Field(
+        "linear",
+        description="Between prompt keyframes: 'linear' mixes the two keyframes' text conditioning, 'slerp' "
+        "interpolates each token vector on the sphere, 'hold' keeps the earlier keyframe's prompt until the next.",
     )
     poses: Optional[PoseSpec] = Field(
         None,
@@ -281,8 +291,37 @@ class FramesSpec(_Model):
             seen.add(override.index)
         return self
 
+    def labelled_prompts(self) -> list[tuple[str, str]]:
+        """``(field, prompt)`` for every prompt given: ``frames.prompts[i]`` by list index or keyframe."""
+        items = self.prompts.items() if isinstance(self.prompts, dict) else enumerate(self.prompts)
+        return [(f"frames.prompts[{key}]", prompt) for key, prompt in items]
+
+    def prompt_travel(self, pose_count: Optional[int],
+                      source_prompt: str) -> list[tuple[str, Optional[str], Optional[float]]]:
+        """Each frame's ``(prompt, prompt_to, travel)``: ``prompt_to`` and ``travel`` only for frames
+        strictly between two keyframes with 'linear' or 'slerp' (a keyframe's frame, and every
+        frame under 'hold', is its prompt alone). Frames before the first keyframe take its prompt,
+        frames after the last one the last's; without poses the last keyframe is the last frame."""
+        if not isinstance(self.prompts, dict):
+            return [(p, None, None) for p in self.prompts_for(pose_count, source_prompt)]
+        keys = sorted(self.prompts)
+        count = keys[-1] + 1 if pose_count is None else pose_count
+        if keys[-1] >= count:
+            raise JobInputError(f"frames.prompts[{keys[-1]}]",
+                                f"keyframe {keys[-1]} is past the last of the {count} poses (0-{count - 1}); "
+                                "move it to a pose's frame")
+        frames = []
+        for f in range(count):
+            before = max((k for k in keys if k <= f), default=keys[0])
+            after = min((k for k in keys if k > f), default=None)
+            if f <= before or after is None or self.prompt_interpolation == "hold":
+                frames.append((self.prompts[before], None, None))
+            else:
+                frames.append((self.prompts[before], self.prompts[after], (f - before) / (after - before)))
+        return frames
+
     def prompts_for(self, pose_count: Optional[int], source_prompt: str) -> list[str]:
-        """The prompt of each frame: broadcast one prompt over the poses; check counts."""
+        """The prompt of each frame (a list of prompts): broadcast one prompt over the poses; check counts."""
         if pose_count is None:
             return list(self.prompts)
         if not self.prompts:
@@ -486,6 +525,10 @@ class RenderSettings(_Model):
         return self
 
 
+# GIF delays are whole hundredths of a second, and viewers slow delays under 2 to 10.
+MAX_GIF_FPS = 50
+
+
 class OutputSpec(_Model):
     """Where results go and how they are encoded."""
 
@@ -496,15 +539,55 @@ class OutputSpec(_Model):
         description="Results go to a subfolder named by the job's hash: FOLDER/JOB-HASH/ (frames, GIF, MP4, "
         "contact sheet). No '..' parts.",
     )
-    fps: float = Field(8.0, gt=0.0, le=60.0, description="Frames per second of the GIF and MP4.")
+    fps: float = Field(8.0, gt=0.0, le=60.0, description="Rendered frames per second. The GIF and MP4 play "
+                       "fps x interpolate frames a second (the same pace with in-between frames), or playback_fps.")
     gif: bool = Field(True, description="Write animation.gif.")
     mp4: bool = Field(True, description="Write animation.mp4 (H.264, yuv420p).")
-    loop: int = Field(0, ge=0, le=65535, description="GIF loop count: 0 = loop forever.")
+    gif_loops: int = Field(0, ge=0, le=65535, description="How often the GIF repeats: 0 = forever.")
+    interpolate: int = Field(1, ge=1, le=8, strict=True, description="Show each pair of rendered frames this many "
+                             "frames apart: interpolate - 1 in-between frames by optical-flow warping (no model, "
+                             "no frame rendered) between each pair. 1 = none.")
+    loop: Literal["none", "pingpong", "crossfade"] = Field(
+        "none", description="How the animation comes back to its first frame: 'none' (it jumps), 'pingpong' "
+        "(plays forward, then backward), 'crossfade' (in-between frames from the last frame to the first; needs "
+        "interpolate of 2 or more).")
+    playback_fps: Optional[float] = Field(None, gt=0.0, le=60.0, description="Frames per second of the GIF and "
+                                          "MP4, in-between frames included. Empty: fps x interpolate.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_loop_count(cls, data: Any) -> Any:
+        # output.loop used to be the GIF's loop count; a job file that still gives a number means that.
+        if isinstance(data, dict) and type(data.get("loop")) is int and data["loop"] >= 0:
+            if "gif_loops" in data:
+                raise ValueError("output.loop: a number here is the old GIF loop count, and output.gif_loops is "
+                                 "also set; remove the number from output.loop")
+            data = {k: v for k, v in data.items() if k != "loop"} | {"gif_loops": data["loop"]}
+            warnings.warn("output.loop as a number (the GIF loop count) moved to output.gif_loops; output.loop is "
+                          "now none, pingpong or crossfade: update the job file", MovedFieldWarning, stacklevel=2)
+        return data
 
     @field_validator("folder")
     @classmethod
     def _safe_folder(cls, value: Path) -> Path:
         return check_output_folder(value)
+
+    @model_validator(mode="after")
+    def _playable(self):
+        if self.loop == "crossfade" and self.interpolate < 2:
+            raise ValueError("output.loop: crossfade makes in-between frames from the last frame to the first; set "
+                             "output.interpolate to 2 or more, or use loop: pingpong")
+        too_fast = self.playback_fps is None and self.fps * self.interpolate > MAX_GIF_FPS
+        if self.gif and self.interpolate > 1 and too_fast:
+            raise ValueError(f"output.interpolate: {self.fps:g} fps x {self.interpolate} = "
+                             f"{self.fps * self.interpolate:g} frames a second, more than a GIF plays ({MAX_GIF_FPS}); "
+                             "lower output.interpolate or output.fps, or set output.playback_fps")
+        return self
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of the GIF and MP4, in-between frames included."""
+        return self.playback_fps if self.playback_fps is not None else self.fps * self.interpolate
 
 
 class ExecutionSpec(_Model):
@@ -519,7 +602,8 @@ class ExecutionSpec(_Model):
 
     # The runners themselves are described once, in flows/job/runner_settings.py (RunnerSettings).
     runner: Optional[Literal["threads", "dask"]] = Field(
-        None, description=_RUNNER_FIELDS["kind"].description + " Empty: the deployment's default "
+        None, description=_RUNNER_FIELDS["kind"].description + " The address: 'Dask Address' "
+        "(execution.dask_address in a job file). Empty: the deployment's default "
         "($MASACTRL_RUNNER / $MASACTRL_DASK_ADDRESS), else threads.",
     )
     workers: int = Field(1, ge=1, le=64, description="How many at once: threads (runner 'threads') or worker "
@@ -621,7 +705,7 @@ class AnimationJob(_Model):
     model_config = ConfigDict(title="Animation job")
 
     name: Annotated[Optional[str], NotHashed("a label for runs and folders")] = Field(
-        None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Optional label for runs and logs."
+        None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Optional label: names the flow runs and OUTPUT/NAME/latest (the newest result of this name)."
     )
     source: SourceSpec = Field(description="The source picture (or the prompt to generate it from).")
     frames: FramesSpec = Field(description="The frames: prompts, poses, or both.")
@@ -637,6 +721,15 @@ class AnimationJob(_Model):
         default_factory=QualitySpec, description="Metrics measured on the finished frames.")
     sweep: Annotated[Optional[SweepSection], NotHashed("the sweep itself")] = Field(
         None, description="Optional grid of settings for `masactrl-animate sweep` (ignored by a plain run).")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_a_folder_of_the_output(cls, value: Optional[str]) -> Optional[str]:
+        # A named job's versions live in <output.folder>/<name>/: it must not be one of the output
+        # folder's own folders.
+        if value is not None and (value in RESERVED_NAMES or is_job_folder_name(value)):
+            raise ValueError(f"{value!r} is the name of a folder the output folder keeps for itself; choose another name")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -673,11 +766,11 @@ class AnimationJob(_Model):
                         f"source.subject: {word!r} does not occur in source.prompt {source_prompt!r}; "
                         "name a word of the source prompt"
                     )
-                for i, prompt in enumerate(self.frames.prompts):
+                for name, prompt in self.frames.labelled_prompts():
                     if not _has_word(prompt, word):
                         raise ValueError(
-                            f"source.subject: {word!r} does not occur in frames.prompts[{i}] {prompt!r}; every frame "
-                            "prompt must name the subject (or clear source.subject)"
+                            f"source.subject: {word!r} does not occur in {name} {prompt!r}; every frame "
+                            "prompt (and keyframe) must name the subject (or clear source.subject)"
                         )
         return self
 

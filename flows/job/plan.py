@@ -6,9 +6,13 @@ So the content hashes are simply digests of the requests (``pixel_dump``: every 
 few marked ``NotHashed``, such as a path whose file is hashed by content). A new setting is
 hashed the moment it is added to a request; nothing lists fields by hand.
 
-The job folder is named by the job hash, and it is the frame cache: output settings (fps,
-formats) and execution settings (runner, chunking, batching) are in no request, so changing them
-re-stitches but renders nothing again.
+Every frame has its own content key (:func:`frame_keys`): the inversion, the shared engine
+settings, the source prompt and the frame's own prompt, pose, seed and overrides (and, only when
+frames attend to an anchor frame, the anchor's key). Rendered frames live once in the output
+folder's frame store under that key, so an edit renders exactly the frames it changes. The job
+hash is the digest of the job's frame keys in order; it names the job folder, which presents the
+frames and holds the outputs. Output settings (fps, formats) and execution settings (runner,
+chunking, batching) are in no request, so changing them re-stitches but renders nothing again.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from flows.job.checks import ImageProblem, open_image
 from flows.job.hashing import NotHashed, pixel_dump
 from flows.job.model import AnimationJob, JobInputError, ModelSpec, RenderSettings
 from flows.jobdir import frames_io, stale_files
-from flows.jobdir.layout import InversionFolder, JobFolder
+from flows.jobdir.layout import FrameStore, InversionFolder, JobFolder
 
 # Bump when the meaning of a job folder changes (file names, hashing), so old folders are not reused.
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
+
+# Settings a frame depends on only when it attends to an anchor frame (settings.cross_frame 'anchor').
+ANCHOR_SETTINGS = ("anchor_frame", "anchor_weight")
 
 # RenderSettings -> masactrl_engine.ControlConfig: same names, except these. ``width``/``height``
 # are not engine settings but the canvas that ``invert``/``render`` are called with.
@@ -143,12 +150,18 @@ def inversion_settings(job: AnimationJob) -> RenderSettings:
 class FramePlan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    index: int
+    index: Annotated[int, NotHashed("a frame's place, not its content")]
     prompt: str
+    # A frame between two prompt keyframes: its conditioning lies `travel` (0 < travel < 1) of the
+    # way from `prompt`'s to `prompt_to`'s, by `interpolation` ('linear' or 'slerp').
+    prompt_to: Optional[str] = None
+    travel: Optional[float] = None
+    interpolation: Optional[str] = None
     pose: Annotated[Optional[str], NotHashed("hashed by content: pose_sha256")] = None
     pose_sha256: Optional[str] = None
     seed: Optional[int] = None
     controlnet_scale: Optional[float] = None
+    key: Annotated[Optional[str], NotHashed("the digest of the rest (frame_keys)")] = None
 
 
 class ChunkRequest(BaseModel):
@@ -156,6 +169,7 @@ class ChunkRequest(BaseModel):
 
     index: int
     job_dir: str
+    store_dir: str
     inversion_dir: str
     source_prompt: str
     frames: list[FramePlan]
@@ -171,6 +185,7 @@ class ChunkRequest(BaseModel):
 class JobPlan(BaseModel):
     job_hash: str
     job_dir: str
+    store_dir: str
     frames: list[FramePlan]
     source_prompt: str
     inversion: InversionRequest
@@ -195,6 +210,7 @@ class JobPlan(BaseModel):
             ChunkRequest(
                 index=first_index + k,
                 job_dir=self.job_dir,
+                store_dir=self.store_dir,
                 inversion_dir=inversion_dir,
                 source_prompt=self.source_prompt,
                 frames=frames[start : start + chunk_size],
@@ -210,6 +226,11 @@ class JobPlan(BaseModel):
         s = self.engine.settings
         return self.frames[s.anchor_frame] if s.cross_frame == "anchor" else None
 
+    def only(self, indices: list[int]) -> "JobPlan":
+        """The plan with only the frames ``indices`` (what a subset run stitches)."""
+        wanted = set(indices)
+        return self.model_copy(update={"frames": [f for f in self.frames if f.index in wanted]})
+
     def frame_paths(self) -> list[str]:
         return [str(frames_io.frame_path(self.job_dir, f.index)) for f in self.frames]
 
@@ -217,14 +238,32 @@ class JobPlan(BaseModel):
         return [f.pose for f in self.frames if f.pose]
 
 
-def job_hash(inversion: InversionRequest, engine: EngineRequest, source_prompt: str, frames: list[FramePlan]) -> str:
-    return _digest({
-        "format": PLAN_FORMAT,
-        "inversion": inversion.key,
-        "engine": engine.content(),
-        "source_prompt": source_prompt,
-        "frames": [pixel_dump(f) for f in frames],
-    })
+def frame_keys(inversion: InversionRequest, engine: EngineRequest, source_prompt: str,
+               frames: list[FramePlan]) -> list[str]:
+    """Each frame's content key: a digest of exactly what its pixels depend on.
+
+    What every frame shares (the inversion, the engine settings, the source prompt) and the frame's
+    own fields (prompt, pose pixels, seed, ControlNet scale: whatever ``FramePlan`` holds that is not
+    ``NotHashed``); not its index, nor the other frames, except with ``cross_frame: anchor``, where
+    every frame attends to the anchor frame and so depends on the anchor's key. Frames render the
+    same alone or in any batch (within float noise), which is what makes the key per frame.
+    """
+    content = engine.content()
+    anchored = engine.settings.cross_frame == "anchor"
+    if not anchored:
+        content["settings"] = {k: v for k, v in content["settings"].items() if k not in ANCHOR_SETTINGS}
+    shared = {"format": PLAN_FORMAT, "inversion": inversion.key, "engine": content, "source_prompt": source_prompt}
+    own = [_digest({**shared, "frame": pixel_dump(f)}) for f in frames]
+    if not anchored:
+        return own
+    anchor = own[engine.settings.anchor_frame]
+    return [_digest({"frame": key, "anchor": anchor}) for key in own]
+
+
+def job_hash(keys: list[str]) -> str:
+    """The job's hash: its frame keys in order (so it changes with any frame, but not with output
+    or execution settings)."""
+    return _digest({"format": PLAN_FORMAT, "frames": keys})
 
 
 def sha256_file(path: str | Path) -> str:
@@ -337,16 +376,21 @@ def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
     image_sha = sha256_file(job.source.image) if job.source.image is not None else None
     resolved = resolve_pose_maps(job)
     maps, poses = resolved if resolved is not None else (None, None)
-    prompts = job.frames.prompts_for(None if maps is None else len(maps), job.source.prompt)
+    prompts = job.frames.prompt_travel(None if maps is None else len(maps), job.source.prompt)
     if not prompts:
         raise JobInputError("frames.prompts", "no frames to render; give at least one prompt")
     pose_digests = [sha256_image_pixels(m) for m in maps] if maps is not None else [None] * len(prompts)
-    frames = [FramePlan(index=i, prompt=p, pose_sha256=d) for i, (p, d) in enumerate(zip(prompts, pose_digests))]
+    own_prompt = {o.index for o in job.frames.overrides if o.prompt is not None}  # replaces the whole travel
+    frames = [FramePlan(index=i, prompt=p, pose_sha256=d, **({} if to is None or i in own_prompt else {
+                  "prompt_to": to, "travel": t, "interpolation": job.frames.prompt_interpolation}))
+              for i, ((p, to, t), d) in enumerate(zip(prompts, pose_digests))]
     frames = frames_with_overrides(job, frames)
     check_settings_against_frames(job, len(frames))
     inversion = inversion_request(job, image_sha)
     engine = EngineRequest.from_job(job)
-    digest = job_hash(inversion, engine, job.source.prompt, frames)
+    keys = frame_keys(inversion, engine, job.source.prompt, frames)
+    frames = [f.model_copy(update={"key": k}) for f, k in zip(frames, keys)]
+    digest = job_hash(keys)
     folder = JobFolder.of(job.output.folder, digest)
     job_dir = folder.path
 
@@ -359,10 +403,12 @@ def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
         frames = [f.model_copy(update={"pose": str(p)}) for f, p in zip(frames, paths)]
     if write:
         stale_files.remove_stale_temp_files(job_dir)  # left by a killed earlier run
-        frames_io.write_json_atomic(folder.job_file, {"job_hash": digest, "job": job.model_dump(mode="json")})
+        frames_io.write_json_atomic(folder.job_file, {"job_hash": digest, "inversion_key": inversion.key,
+                                                      "frame_keys": keys, "job": job.model_dump(mode="json")})
     return JobPlan(
         job_hash=digest,
         job_dir=str(job_dir),
+        store_dir=str(FrameStore.of(job.output.folder).path),
         frames=frames,
         source_prompt=job.source.prompt,
         inversion=inversion,

@@ -12,6 +12,8 @@ from typing import Optional
 
 from flows.job.checks import input_root_problem, output_root_problem, writable_folder_problem
 from flows.job.dask_probe import dask_problem
+from flows.job.model import InvalidJob, JobInputError
+from flows.job.plan import JobPlan, plan_job
 from flows.job.prompt_limits import check_prompts
 
 
@@ -109,3 +111,28 @@ def run_problems(job, environ=None) -> tuple[list[tuple[str, str]], list[tuple[s
         return confined, []
     prompts = check_prompts(job)
     return environment_problems(job) + prompts.errors, prompts.warnings
+
+
+
+def _problem_of(exc: JobInputError) -> tuple[str, str]:
+    text = str(exc)
+    return exc.field, text.removeprefix(f"{exc.field}: ")
+
+
+def checked_plan(job, write: bool = True) -> JobPlan:
+    """``plan_job`` with what it refuses (prompt and pose counts, pose files, sizes, overrides, the
+    model's layers and LoRAs) raised as InvalidJob, the same error as the model's own rules: a flow
+    ends Failed with "Invalid job: field: problem" instead of a task's traceback."""
+    try:
+        return plan_job(job, write=write)
+    except JobInputError as exc:
+        raise InvalidJob([_problem_of(exc)]) from None
+
+
+def plan_problems(job) -> list[tuple[str, str]]:
+    """What planning the job (writing nothing) refuses, as ``(field, message)`` pairs; [] when it plans."""
+    try:
+        checked_plan(job, write=False)
+    except InvalidJob as exc:
+        return exc.problems
+    return []

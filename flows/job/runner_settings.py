@@ -22,7 +22,7 @@ class RunnerSettings(BaseModel):
         description=(
             "'threads': one process and one GPU; frame chunks run in this process, in batches. "
             "'dask': chunks are spread over Dask workers, one per GPU: a local cluster started "
-            "for the run, or the cluster at 'scheduler_address'."
+            "for the run, or an existing cluster when its scheduler address is given."
         ),
     )
     max_workers: int = Field(

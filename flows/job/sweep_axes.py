@@ -26,6 +26,9 @@ from flows.job.hashing import not_hashed_reason
 from flows.job.yaml_text import YamlRefused, load_yaml
 
 MAX_CELLS = 256
+# Settings in sections that do not change the frames (NotHashed) but change what a cell shows:
+# each cell stitches its own GIF with them, from frames the cells share.
+SWEEPABLE_OUTPUT_SETTINGS = frozenset({"output.interpolate", "output.loop"})
 DEFAULT_SWEEP_FRAMES = 4
 
 
@@ -135,10 +138,11 @@ def field_adapter(key: str, model: type[BaseModel]) -> TypeAdapter:
         if part not in fields:
             raise SweepError(f"sweep {key}: {here} has no field {part!r}; its fields are {', '.join(fields)}")
         info = fields[part]
-        if (why := not_hashed_reason(info)) is not None:
+        if (why := not_hashed_reason(info)) is not None and key not in SWEEPABLE_OUTPUT_SETTINGS:
             # Sweeping it would render the same cell twice (the markers also keep it out of the hashes).
             raise SweepError(f"sweep {key}: {'.'.join(parts[: i + 1])} does not change the frames ({why}); sweep "
-                             "render settings such as settings.start_step, settings.start_layer, settings.controlnet_scale")
+                             "render settings such as settings.start_step, settings.start_layer, "
+                             f"settings.controlnet_scale, or {' / '.join(sorted(SWEEPABLE_OUTPUT_SETTINGS))}")
         inner = _model_in(info.annotation)
         last = i == len(parts) - 1
         if not last:

@@ -8,14 +8,15 @@ finished jobs again): bump ``flows.job.plan.PLAN_FORMAT`` with it.
 ``<output.folder>/`` (the job's ``output.folder``) holds::
 
     <job hash[:16]>/                    JobFolder: one job, named by flows.job.plan.job_hash
-        job.json                        plan_job: {"job_hash", "job"}, the job as submitted (for
-                                        people and for the metrics' pose fidelity); written before
-                                        the job lock is taken
+        job.json                        plan_job: {"job_hash", "inversion_key", "frame_keys", "job"},
+                                        the job as submitted (for people and for the metrics' pose
+                                        fidelity) and the store entries it uses (``cache prune``
+                                        keeps them); written before the job lock is taken
         poses/pose_0000.png             plan_job: the resolved pose map of frame 0 (jobs with poses)
         poses/pose_0000.json            plan_job: frame 0's requested keypoints as OpenPose JSON
                                         (keypoint pose sources); the metrics' pose fidelity reads them
         poses/index.json                plan_job, after the maps: {"count", "files"}: poses complete
-        frames/frame_0000.png           render-chunk (manifest.write_frame): frame 0
+        frames/frame_0000.png           render-chunk (frame_store.present): frame 0, the store's entry
         frames/frame_0000.sha256        written right after its PNG: ``<sha256>  frame_0000.png``
                                         (sha256sum format); a frame without it is unverified
         running.json                    animate, while it renders (ghost_runs.running): flow run id,
@@ -25,6 +26,12 @@ finished jobs again): bump ``flows.job.plan.PLAN_FORMAT`` with it.
         contact_sheet.png               stitch: every frame on one grid
         side_by_side.png                stitch, jobs with poses: pose | frame pairs on one grid
         side_by_side.gif, .mp4          the same pairs animated (output.gif / output.mp4)
+        inbetweens/between_0003_0004_1of2.png
+                                        stitch (output.interpolate: k), derived, never in the frame
+                                        cache: in-between 1 of k - 1 of frames 3 and 4, stamped with
+                                        their digests (flows.jobdir.inbetween); made again when missing
+        playback.json                   stitch: the files the GIF/MP4 play, in order, each marked
+                                        rendered or interpolated, and the loop mode (the metrics read it)
         metrics.json                    measure task and `masactrl-animate metrics` (flows.quality)
         result.json                     animate, last: the AnimationResult. Its presence (outputs and
                                         verified frames still there) means "finished": the inbox
@@ -41,6 +48,14 @@ finished jobs again): bump ``flows.job.plan.PLAN_FORMAT`` with it.
         inversion.safetensors           InvertedSource.save: the DDIM trajectory
         inversion.json                  InvertedSource.save: its meta data and digest
                                         (masactrl_engine.inversion.TENSOR_FILE / META_FILE)
+    frame_store/<frame key[:16]>.png    FrameStore: every rendered frame once, named by its content key
+                                        (flows.job.plan.frame_keys: what its pixels depend on); a job
+                                        folder's frames/frame_0003.png is a hard link to (or, where the
+                                        file system has none, a copy of) its entry
+    frame_store/<frame key[:16]>.sha256 the entry's digest, written right after it (as in frames/)
+    <job name>/latest                   VersionsFolder, named jobs only: a symbolic link to the newest
+                                        job folder of that name
+    <job name>/versions.json            VersionsFolder: [{"job_hash", "finished"}], oldest first
     sweeps/<sweep hash[:16]>/           SweepFolder: one sweep (flows/sweep.py); cells render into
                                         ordinary job folders beside it
         cells/cell_00.gif               the cell's rendered frames as a GIF
@@ -83,15 +98,26 @@ RESULT_FILE = "result.json"
 RUNNING_FILE = "running.json"
 MASKS_DIR = "masks"
 
+# Derived frames (in-betweens) and what the stitched animation plays.
+INBETWEENS_DIR = "inbetweens"
+PLAYBACK_FILE = "playback.json"
+
 INVERSIONS_DIR = "inversions"
 SOURCE_FILE = "source.png"
 SOURCE_DECODE_FILE = "source_decode.png"
+
+FRAME_STORE_DIR = "frame_store"
+LATEST_LINK = "latest"
+VERSIONS_FILE = "versions.json"
 
 SWEEPS_DIR = "sweeps"
 CELLS_DIR = "cells"
 GRID_FILE = "grid.png"
 RANKING_FILE = "ranking.json"
 SWEEP_FILE = "sweep.json"
+
+# Top-level names of the output folder that a job name must not take (it names a versions folder).
+RESERVED_NAMES = frozenset({INVERSIONS_DIR, SWEEPS_DIR, FRAME_STORE_DIR})
 
 # ".<stem>.<token>.tmp<.suffix>": frames_io's hex token, or tempfile.mkstemp's 8 characters.
 TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<token>[A-Za-z0-9_]{6,32})\.tmp(?P<suffix>\.[A-Za-z0-9]{1,8})?$")
@@ -246,8 +272,21 @@ class JobFolder(_Folder):
 
     @property
     def temp_folders(self) -> tuple[Path, ...]:
-        """Where atomic writes of a run leave temporary files: the folder, frames/ and poses/."""
-        return (self.path, self.frames_dir, self.poses_dir)
+        """Where atomic writes of a run leave temporary files: the folder, frames/, poses/ and inbetweens/."""
+        return (self.path, self.frames_dir, self.poses_dir, self.inbetweens_dir)
+
+    # In-between frames: derived from two rendered frames, apart from them.
+    @property
+    def inbetweens_dir(self) -> Path:
+        return self.path / INBETWEENS_DIR
+
+    def inbetween(self, first: int, second: int, step: int, k: int) -> Path:
+        """In-between ``step`` of ``k - 1`` from frame ``first`` to frame ``second``."""
+        return self.inbetweens_dir / f"between_{first:04d}_{second:04d}_{step}of{k}.png"
+
+    @property
+    def playback(self) -> Path:
+        return self.path / PLAYBACK_FILE
 
 
 @dataclass(frozen=True)
@@ -280,6 +319,48 @@ class InversionFolder(_Folder):
         from masactrl_engine.inversion import META_FILE
 
         return self.path / META_FILE
+
+
+@dataclass(frozen=True)
+class FrameStore(_Folder):
+    """The content-addressed frame store (``<output.folder>/frame_store``): one PNG per frame key."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, output_folder: PathLike) -> "FrameStore":
+        return cls(Path(output_folder).absolute() / FRAME_STORE_DIR)
+
+    def frame(self, key: str) -> Path:
+        return self.path / f"{folder_name(key)}.png"
+
+    def entries(self) -> list[Path]:
+        """Every PNG in the store (verified or not)."""
+        return sorted(self.path.glob("*.png")) if self.path.is_dir() else []
+
+
+@dataclass(frozen=True)
+class VersionsFolder(_Folder):
+    """``<output.folder>/<job name>``: which job folders a named job has produced, newest last."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, output_folder: PathLike, name: str) -> "VersionsFolder":
+        return cls(Path(output_folder).absolute() / name)
+
+    @property
+    def latest(self) -> Path:
+        return self.path / LATEST_LINK
+
+    @property
+    def versions(self) -> Path:
+        return self.path / VERSIONS_FILE
+
+
+def is_job_folder_name(name: str) -> bool:
+    """A job, inversion or sweep folder's name: ``HASH_CHARS`` lowercase hex digits."""
+    return len(name) == HASH_CHARS and all(c in "0123456789abcdef" for c in name)
 
 
 @dataclass(frozen=True)
@@ -316,8 +397,9 @@ class SweepFolder(_Folder):
 
 
 __all__ = [
-    "ANIMATION_STEM", "CELLS_DIR", "CONTACT_SHEET_FILE", "DIGEST_SUFFIX", "FRAMES_DIR", "GRID_FILE", "HASH_CHARS",
-    "INVERSIONS_DIR", "JOB_FILE", "MASKS_DIR", "METRICS_FILE", "POSES_DIR", "POSES_INDEX", "RANKING_FILE",
+    "ANIMATION_STEM", "CELLS_DIR", "FRAME_STORE_DIR", "LATEST_LINK", "RESERVED_NAMES", "VERSIONS_FILE",
+    "FrameStore", "VersionsFolder", "is_job_folder_name", "CONTACT_SHEET_FILE", "DIGEST_SUFFIX", "FRAMES_DIR", "GRID_FILE", "HASH_CHARS",
+    "INBETWEENS_DIR", "PLAYBACK_FILE", "INVERSIONS_DIR", "JOB_FILE", "MASKS_DIR", "METRICS_FILE", "POSES_DIR", "POSES_INDEX", "RANKING_FILE",
     "RESULT_FILE", "RUNNING_FILE", "SIDE_BY_SIDE_STEM", "SOURCE_DECODE_FILE", "SOURCE_FILE", "SWEEPS_DIR",
     "SWEEP_FILE", "TEMP_NAME", "InversionFolder", "JobFolder", "SweepFolder", "digest_path", "folder_name",
     "frame_index", "frame_name", "lock_path", "pose_name", "temp_path",

@@ -55,9 +55,13 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def write_frame(image: Image.Image, job_dir: str | os.PathLike, index: int) -> Path:
     """Write frame ``index`` of a job (PNG, then its digest; both atomic). Returns the PNG's path."""
-    path = frames_io.frame_path(job_dir, index)
+    return write_png(image, frames_io.frame_path(job_dir, index))
+
+
+def write_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write ``image`` as the PNG ``path``, then its digest beside it (both atomic)."""
     data = png_bytes(image)
-    frames_io.write_bytes_atomic(path, data)
+    path = frames_io.write_bytes_atomic(path, data)
     write_digest(path, hashlib.sha256(data).hexdigest())
     return path
 

@@ -9,6 +9,7 @@ The numbers themselves come from ``flicker``, ``likeness`` and ``pose`` beside t
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from PIL import Image
 from pose_sources import PoseDetector
 from pose_sources.detectors import DetectorKind
 
-from flows.jobdir.layout import SOURCE_DECODE_FILE
+from flows.jobdir.layout import SOURCE_DECODE_FILE, JobFolder
 from flows.quality import job_folder
 from flows.quality.flicker import FB_ALPHA, FB_BETA, pair_flicker
 from flows.quality.job_folder import FrameFiles, PosesOrReason
@@ -53,7 +54,7 @@ def compute_job_metrics(
     ``poses/pose_XXXX.json`` or the job's keypoint pose spec; the detector is
     ``load_pose_detector(detector_kind, detector_dir)`` (kind None: pose_sources' default),
     loaded only when there are poses. What cannot be measured is named in ``not_measured``
-    with the reason.
+    with the reason. In-between frames and the loop mode come from the stitch's ``playback.json``.
     """
     job_dir = Path(job_dir).absolute()
     result = job_folder.read_result(job_dir)
@@ -61,7 +62,15 @@ def compute_job_metrics(
     return _measure(job_dir, files, job_folder.inversion_dir_of(result), job_folder.job_hash_of(result),
                     source_image=source_image, source_decode=source_decode, source_mask=source_mask,
                     frame_masks=frame_masks, requested_poses=requested_poses, detector=detector,
-                    detector_kind=detector_kind, detector_dir=detector_dir)
+                    detector_kind=detector_kind, detector_dir=detector_dir, playback=read_playback(job_dir))
+
+
+def read_playback(job_dir: str | os.PathLike) -> Optional[dict]:
+    """What the stitch played (``playback.json``): None for jobs stitched before it was written."""
+    try:
+        return json.loads(JobFolder(job_dir).playback.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def compute_frame_metrics(
@@ -119,8 +128,11 @@ def _measure(
     detector: Optional[PoseDetector] = None,
     detector_kind: Optional[DetectorKind] = None,
     detector_dir: Optional[str | os.PathLike] = None,
+    playback: Optional[dict] = None,
 ) -> JobMetrics:
-    """What both entry points share once they know which frame files to measure."""
+    """What both entry points share once they know which frame files to measure. ``playback``:
+    what was played (``read_playback``): its in-between frames get rows of their own, marked
+    interpolated, and a looping animation's wrap-around pair is measured."""
     t0 = time.perf_counter()
     frames = _Frames.read(job_dir, files, inversion_dir)
     not_measured: dict[str, str] = {}
@@ -131,21 +143,67 @@ def _measure(
     psnr_db = _source_psnr(frames, src, source_decode, not_measured)
     totals, detector = _pose_fidelity(frames, requested_poses, detector, detector_kind, detector_dir, not_measured)
     width, height = frames.size
+    summary = _summary(frames, pairs, totals, psnr_db)  # rendered frames only, comparable across jobs
+    rows = _with_inbetweens(frames, playback, src, not_measured)
     return JobMetrics(
-        job_dir=str(job_dir), job_hash=job_hash, width=width, height=height, frames=frames.rows, pairs=pairs,
-        summary=_summary(frames, pairs, totals, psnr_db), not_measured=not_measured, method=_method(detector),
-        seconds=round(time.perf_counter() - t0, 3),
+        job_dir=str(job_dir), job_hash=job_hash, width=width, height=height, frames=rows, pairs=pairs,
+        wrap_pair=_wrap_pair(frames, playback), summary=summary, not_measured=not_measured,
+        method=_method(detector), seconds=round(time.perf_counter() - t0, 3),
     )
+
+
+def _pair(frames: _Frames, first: int, second: int) -> PairMetrics:
+    pictures = dict(zip(frames.indices, frames.pictures))
+    f = pair_flicker(pictures[first], pictures[second])
+    return PairMetrics(first=first, second=second, warp_error=f.warp_error, frame_difference=f.frame_difference,
+                       consistent_fraction=f.consistent_fraction)
+
+
+def _wrap_pair(frames: _Frames, playback: Optional[dict]) -> Optional[PairMetrics]:
+    """A looping animation's last rendered frame played and the first it wraps around to
+    (crossfade: n-1 -> 0, bridged by in-betweens; pingpong: 1 -> 0)."""
+    if not playback or playback.get("loop") in (None, "none"):
+        return None
+    shown = [e["index"] for e in playback.get("frames", []) if not e.get("interpolated")]
+    if len(shown) < 2 or not {shown[-1], shown[0]} <= set(frames.indices):
+        return None
+    return _pair(frames, shown[-1], shown[0])
+
+
+def _with_inbetweens(frames: _Frames, playback: Optional[dict], src: Optional[np.ndarray],
+                     not_measured: dict[str, str]) -> list[FrameMetrics]:
+    """The rendered frames' rows, each followed by rows for the in-between frames played after it
+    (colour distance only: no pose is asked of an in-between, and masks belong to rendered frames)."""
+    entries = [e for e in (playback or {}).get("frames", []) if e.get("interpolated")]
+    if not entries:
+        return frames.rows
+    after: dict[int, list[FrameMetrics]] = {}
+    seen: set[str] = set()
+    for e in entries:
+        if e["file"] in seen:
+            continue  # a pingpong plays each in-between twice
+        seen.add(e["file"])
+        path = frames.job_dir / e["file"]
+        row = FrameMetrics(index=e["index"], file=e["file"], interpolated=True, between=[e["index"], e["to"]], t=e["t"])
+        try:
+            picture = as_rgb(path, f"in-between frame {path.name}")
+        except (OSError, ValueError) as exc:
+            not_measured["interpolated"] = f"{e['file']}: {exc} (stitch the job again to make it anew)"
+            continue
+        if src is not None:
+            a = appearance(src, picture, None, None)
+            row.appearance_emd, row.appearance_bhattacharyya, row.appearance_region = a.emd, a.bhattacharyya, a.region
+        after.setdefault(e["index"], []).append(row)
+    rows: list[FrameMetrics] = []
+    for row in frames.rows:
+        rows.append(row.model_copy(update={"interpolated": False}))
+        rows += after.pop(row.index, [])
+    return rows
 
 
 def _flicker(frames: _Frames) -> list[PairMetrics]:
     """Warp error and plain difference of each consecutive pair, in the order measured."""
-    pairs = []
-    for k in range(len(frames.pictures) - 1):
-        f = pair_flicker(frames.pictures[k], frames.pictures[k + 1])
-        pairs.append(PairMetrics(first=frames.indices[k], second=frames.indices[k + 1], warp_error=f.warp_error,
-                                 frame_difference=f.frame_difference, consistent_fraction=f.consistent_fraction))
-    return pairs
+    return [_pair(frames, frames.indices[k], frames.indices[k + 1]) for k in range(len(frames.pictures) - 1)]
 
 
 def _given_or_found_masks(

@@ -36,6 +36,11 @@ class FrameMetrics(_Schema):
     pose_pck: Optional[float] = Field(None, description="PCK@0.05: requested body keypoints found within 5% of the diagonal.")
     pose_mean_distance_px: Optional[float] = Field(None, description="Mean distance of the found keypoints, pixels.")
     pose_points: Optional[int] = Field(None, description="Requested visible body keypoints in this frame.")
+    # In-between frames (output.interpolate): rows of their own, apart from the rendered frames' means.
+    interpolated: Optional[bool] = Field(None, description="True: an in-between frame made from two rendered "
+                                         "frames (no pose scored); false: rendered; empty: the job has none.")
+    between: Optional[list[int]] = Field(None, description="In-between frames: the two rendered frames it lies between.")
+    t: Optional[float] = Field(None, description="In-between frames: how far from the first to the second (0-1).")
 
 
 class PairMetrics(_Schema):
@@ -67,6 +72,8 @@ class JobMetrics(_Schema):
     height: int
     frames: list[FrameMetrics]
     pairs: list[PairMetrics]
+    wrap_pair: Optional[PairMetrics] = Field(None, description="Looping animations (output.loop): the pair "
+                                             "played when the animation wraps around to its first frame.")
     summary: MetricsSummary
     not_measured: dict[str, str] = Field(default_factory=dict, description="Metric -> why it was not measured.")
     method: dict[str, Any] = Field(default_factory=dict, description="How the numbers were computed.")
@@ -105,7 +112,106 @@ def summary_line(metrics: JobMetrics) -> str:
     return "metrics: " + " | ".join(parts)
 
 
+# --- the per-frame table for people --------------------------------------------------------------
+#
+# metrics.json keeps every number at full precision; the table rounds them, labels them with their
+# units and says "—" where a metric was not measured (the reasons are listed once beside it). A
+# frame field not listed here still gets a column, under its own name, so a new metric shows up
+# before anyone labels it.
+
+NOT_MEASURED = "—"
+
+# (field of FrameMetrics, column label, decimals, the not_measured key that explains a gap). Short
+# labels keep the table on one screen; ``COLUMN_NOTES`` says what each one means.
+FRAME_COLUMNS: tuple[tuple[str, str, Optional[int], str], ...] = (
+    ("appearance_emd", "Colour dist. (Lab)", 2, "appearance"),
+    ("appearance_bhattacharyya", "Histogram dist. (0–1)", 3, "appearance"),
+    ("appearance_region", "Compared in", None, "appearance"),
+    ("background_ssim", "Background SSIM (0–1)", 3, "background_ssim"),
+    ("pose_pck", "Pose PCK (0–1)", 2, "pose"),
+    ("pose_mean_distance_px", "Pose error (px)", 1, "pose"),
+    ("pose_points", "Keypoints", 0, "pose"),
+)
+FRAME_LABEL = "Frame"
+WARP_LABEL = "Flicker (/255)"
+WARP_DECIMALS = 2
+COLUMN_NOTES = {
+    WARP_LABEL: "warp error to the next frame, 0–255, lower = steadier",
+    "Colour dist. (Lab)": "colour distance to the source (EMD of the Lab histograms), lower = closer",
+    "Histogram dist. (0–1)": "Bhattacharyya distance of the colour histograms, 0 same … 1 disjoint",
+    "Background SSIM (0–1)": "likeness of the background to the source's, higher = kept",
+    "Pose PCK (0–1)": "share of the asked-for keypoints found within 5% of the diagonal",
+    "Pose error (px)": "mean distance of the keypoints found",
+}
+_NOT_IN_TABLE = {"index", "file"}
+
+# not_measured key -> what a person calls it
+NOT_MEASURED_NAMES = {
+    "warp_error": "flicker (warp error)",
+    "appearance": "colour distance to the source",
+    "background_ssim": "background SSIM",
+    "source_psnr": "source PSNR",
+    "pose": "pose keypoints",
+}
+
+
+def _cell(value: Any, decimals: Optional[int], not_measured: bool = True) -> str:
+    """A number rounded for people; None is "—" where the metric was not measured (its reason is
+    in ``not_measured_lines``) and "n/a" where it was but means nothing for this frame (no
+    keypoint found, so no keypoint distance)."""
+    if value is None:
+        return NOT_MEASURED if not_measured else "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        return f"{value:.{3 if decimals is None else decimals}f}"
+    if isinstance(value, int) and decimals is not None:
+        return str(value)
+    return str(value)
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def metrics_table(metrics: JobMetrics) -> list[dict[str, str]]:
+    """One row per frame for people: labelled columns with units, rounded numbers, "—" where a
+    metric was not measured (``not_measured_lines`` says why). Columns with nothing measured in
+    any frame and no reason recorded are left out; frame fields not known here are shown as they are."""
+    frames = [frame.model_dump() for frame in metrics.frames]
+    warp = {int(getattr(pair, "first")): getattr(pair, "warp_error", None) for pair in metrics.pairs}
+    columns = [(name, label, decimals, reason) for name, label, decimals, reason in FRAME_COLUMNS
+               if reason in metrics.not_measured or any(f.get(name) is not None for f in frames)]
+    known = {name for name, *_ in FRAME_COLUMNS} | _NOT_IN_TABLE
+    extra = sorted({k for f in frames for k in f if k not in known and f.get(k) is not None})
+    rows = []
+    for frame in frames:
+        index = int(frame["index"])
+        if index in warp:
+            flicker = _cell(warp[index], WARP_DECIMALS)
+        else:  # the last frame has no next one; a single frame has no pair at all
+            flicker = NOT_MEASURED if "warp_error" in metrics.not_measured or not warp else f"{NOT_MEASURED} (last frame)"
+        row = {FRAME_LABEL: str(index), WARP_LABEL: flicker}
+        row.update({label: _cell(frame.get(name), decimals, reason in metrics.not_measured)
+                    for name, label, decimals, reason in columns})
+        row.update({_label(name): _cell(frame.get(name), None) for name in extra})
+        rows.append(row)
+    return rows
+
+
+def column_notes(rows: list[dict[str, str]]) -> list[str]:
+    """"<label>: <meaning>" for the columns of ``metrics_table`` rows that have a note."""
+    return [f"{label}: {COLUMN_NOTES[label]}" for label in (rows[0] if rows else {}) if label in COLUMN_NOTES]
+
+
+def not_measured_lines(metrics: JobMetrics) -> list[str]:
+    """"<what>: <why>" for every metric that was not measured (the gaps in ``metrics_table``)."""
+    return [f"{NOT_MEASURED_NAMES.get(key, _label(key))}: {reason}" for key, reason in sorted(metrics.not_measured.items())]
+
+
 __all__ = [
-    "METRICS_FILE", "METRICS_VERSION", "FrameMetrics", "JobMetrics", "MetricsSummary", "PairMetrics",
-    "read_metrics", "summary_line", "write_metrics",
+    "METRICS_FILE", "METRICS_VERSION", "NOT_MEASURED", "FrameMetrics", "JobMetrics", "MetricsSummary", "PairMetrics",
+    "column_notes", "metrics_table", "not_measured_lines", "read_metrics", "summary_line", "write_metrics",
 ]

@@ -3,9 +3,16 @@ the frames table, as plain functions (tested without a server), plus ``publish_o
 hands them to Prefect.
 
 Links go through ``flows.ui.media.media_url``: with ``MASACTRL_MEDIA_URL`` set (``masactrl-animate
-serve`` sets it for its media server) the GIF and the contact sheet appear inline in the UI and
-every frame has a thumbnail and a link; without it they are ``file://`` links, which browsers do not open
-from an http page.
+serve`` sets it for its media server) the outputs page shows the GIF, the contact sheet and a
+thumbnail per frame inline, the progress artifact links the GIF, and the frames table links each
+frame and pose; without it they are ``file://`` links, which browsers do not open from an http page.
+What Prefect's UI does with them (checked in Chromium, tests/test_ui_browser.py): images load on an
+artifact's own page only (the run's Artifacts tab shows none), and table cells are text or links,
+never images.
+
+Every text that Prefect renders as markdown (descriptions, table cells, page text) goes through
+``md_text``: its UI turns ``name@host.tld`` into a ``mailto:`` link and bare ``www.``/``http://``
+text into links, so those are escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any, Literal, Optional
 from uuid import UUID
 
 from flows.jobdir.layout import JobFolder, folder_name
+from flows.quality.report import JobMetrics, column_notes, metrics_table, not_measured_lines, summary_line
 from flows.ui.media import media_url
 
 _NAME_CHARS = 40  # of the job name in a key: keys stay readable in the UI's lists
@@ -71,14 +79,19 @@ def progress_description(
     status: ProgressStatus = "running",
     failed_chunk: Optional[int] = None,
     chunk_count: Optional[int] = None,
+    gif_url: Optional[str] = None,
 ) -> str:
-    """The progress artifact's summary: percentage, frames done/total, and how the run ended.
+    """The progress artifact's summary (markdown): percentage, frames done/total, and how the run ended.
 
     ``failed_chunk`` is the 0-based index of the chunk that failed (shown 1-based, "chunk 2 of 5").
+    ``gif_url``: a finished job's animation, linked first (the progress card is what the run page
+    shows on top).
     """
-    head = f"Frames of job {job_label(job_hash, job_name)}: {progress_percent(done, total):.0f}% ({done}/{total} frames)"
+    head = (f"Frames of job {md_text(job_label(job_hash, job_name))}: {progress_percent(done, total):.0f}% "
+            f"({done}/{total} frames)")
     if status == "done":
-        return f"{head}, done"
+        link = f"[Open the animation (GIF)]({gif_url}) · " if gif_url else ""
+        return f"{link}{head}, done"
     if status == "cancelled":
         return f"{head}, cancelled; run the job again to resume"
     if status == "failed":
@@ -105,14 +118,19 @@ def _output_root(job_dir: str | os.PathLike) -> Path:
     return Path(job_dir).absolute().parent
 
 
-def _md_text(text: Any) -> str:
-    """Text for a markdown table cell: no pipes or newlines, no HTML (rendered verbatim-ish by both UIs)."""
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-            .replace("<", "&lt;").replace(">", "&gt;"))
+_AUTOLINK = re.compile(r"(?i)(://|www\.)")
 
 
-def _md_link_text(text: Any) -> str:
-    return _md_text(text).replace("[", "\\[").replace("]", "\\]")
+def md_text(text: Any) -> str:
+    """Plain text for markdown that Prefect renders (a description, a table cell, page text): one
+    line, no HTML, no emphasis or link syntax, and nothing its UI would turn into a link by itself
+    (``PCK@0.05`` became a ``mailto:`` link; ``www.x``, ``http://x`` become links)."""
+    out = str(text).replace("\\", "\\\\")
+    for char in "`*[]|@":  # "_" inside words is no emphasis in GFM: file names stay readable
+        out = out.replace(char, "\\" + char)
+    out = out.replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+    return _AUTOLINK.sub(lambda m: m.group(1).replace("/", "\\/").replace(".", "\\."), out)
+
 
 
 def outputs_markdown(result: Any) -> str:
@@ -127,13 +145,16 @@ def outputs_markdown(result: Any) -> str:
     name = _get(result, "job_name")
     outputs: Mapping[str, str] = _get(result, "outputs") or {}
     lines = [
-        f"# Animation {_md_text(job_label(job_hash, name))}",
+        f"# Animation {md_text(job_label(job_hash, name))}",
         "",
         f"{_get(result, 'frame_count')} frames ({_get(result, 'frames_rendered')} rendered now, "
         f"{_get(result, 'frames_skipped')} already on disk); "
         f"inversion {'reused' if _get(result, 'inversion_cached') else 'computed'}.",
         "",
     ]
+    # What a person should know before judging the pictures (the tiny model draws noise) comes first.
+    for note in _get(result, "notes") or ():
+        lines += [f"> **Note:** {md_text(note)}", ""]
     gif = _get(result, "gif")
     if gif:
         lines += [f"![animation]({media_url(gif, root)})", ""]
@@ -151,33 +172,33 @@ def outputs_markdown(result: Any) -> str:
             lines += [f"The first {len(shown)} of {len(frame_files)} frames; all are in the frames table.", ""]
     lines += ["| output | file |", "| --- | --- |"]
     for key, path in sorted(outputs.items()):
-        lines.append(f"| {_md_text(key)} | [{_md_link_text(path)}]({media_url(path, root)}) |")
+        lines.append(f"| {md_text(key)} | [{md_text(path)}]({media_url(path, root)}) |")
     frames_dir = JobFolder(job_dir).frames_dir
-    lines.append(f"| frames | {_md_text(frames_dir)} (see the frames table) |")
+    lines.append(f"| frames | {md_text(frames_dir)} (see the frames table) |")
     timings: Mapping[str, float] = _get(result, "timings") or {}
     if timings:
         lines += ["", "| stage | seconds |", "| --- | --- |"]
-        lines += [f"| {_md_text(k)} | {float(v):.2f} |" for k, v in timings.items()]
+        lines += [f"| {md_text(k)} | {float(v):.2f} |" for k, v in timings.items()]
     calls: Mapping[str, int] = _get(result, "unet_calls") or {}
     if calls:
         lines += ["", "| UNet | count |", "| --- | --- |"]
-        lines += [f"| {_md_text(k)} | {v} |" for k, v in calls.items()]
+        lines += [f"| {md_text(k)} | {v} |" for k, v in calls.items()]
     return "\n".join(lines)
 
 
 def thumbnail_markdown(path: str | os.PathLike, root: str | os.PathLike | None, alt: str) -> str:
     """An inline picture for markdown artifacts. A plain image: the UI's markdown renders an image
     wrapped in a link (``[![alt](url)](url)``) as text, so the frames table carries the links."""
-    return f"![{_md_link_text(alt)}]({media_url(path, root)})"
+    return f"![{md_text(alt)}]({media_url(path, root)})"
 
 
 def frame_link_markdown(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
     """A link to one frame for a table cell: Prefect's UI renders links in table cells, not images."""
-    return f"[{_md_link_text(Path(path).name)}]({media_url(path, root)})"
+    return f"[{md_text(Path(path).name)}]({media_url(path, root)})"
 
 
 def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iterable[Any]) -> list[dict]:
-    """One row per planned frame: index, frame (a link to the PNG), prompt, pose, file, url, seconds, status.
+    """One row per planned frame: index, frame and pose (links to the PNGs), prompt, file, url, seconds, status.
 
     ``frames`` are the plan's frames (``index``, ``prompt``, ``pose``); ``reports`` the render
     chunks' reports, objects or dicts (``rendered`` indices, ``frame_seconds`` by index).
@@ -198,7 +219,7 @@ def frame_table(frames: Iterable[Any], job_dir: str | os.PathLike, reports: Iter
             "index": index,
             "frame": frame_link_markdown(path, root),
             "prompt": _get(f, "prompt"),
-            "pose": Path(pose).name if pose else "",
+            "pose": frame_link_markdown(pose, root) if pose else "",
             "file": str(path),
             "url": media_url(path, root),
             "seconds": round(seconds.get(index, 0.0), 3),
@@ -227,31 +248,56 @@ def publish_outputs(result: Any, frames: Iterable[Any], reports: Iterable[Any],
     root = _output_root(job_dir)
     total = int(_get(result, "frame_count") or 0)
     ids: dict[str, UUID] = {}
+    gif = _get(result, "gif")
     if progress_id is not None:
-        update_progress_artifact(progress_id, progress=100.0,
-                                 description=progress_description(total, total, job_hash, job_name, "done"))
+        update_progress_artifact(progress_id, progress=100.0, description=progress_description(
+            total, total, job_hash, job_name, "done", gif_url=media_url(gif, root) if gif else None))
     key = artifact_key("frames", job_hash, job_name)
     ids[key] = create_table_artifact(
         key=key, table=frame_table(frames, job_dir, reports),
-        description=f"Frames of job {label}: link, prompt, pose, file, seconds",
+        description=f"Frames of job {md_text(label)}: links to each frame and pose, prompt, file, seconds",
     )
     view = dict(result) if isinstance(result, Mapping) else {
         k: _get(result, k) for k in ("job_hash", "job_dir", "frames", "frame_count", "frames_rendered", "frames_skipped",
                                      "inversion_cached", "gif", "mp4", "contact_sheet", "side_by_side", "outputs",
-                                     "timings", "unet_calls")
+                                     "timings", "unet_calls", "notes")
     }
     view["job_name"] = job_name
     key = artifact_key("outputs", job_hash, job_name)
-    ids[key] = create_markdown_artifact(key=key, markdown=outputs_markdown(view), description=f"Outputs of job {label}")
+    ids[key] = create_markdown_artifact(key=key, markdown=outputs_markdown(view), description=f"Outputs of job {md_text(label)}")
     for kind in ("gif", "mp4"):
         path = _get(result, kind)
         if path:
             key = artifact_key(kind, job_hash, job_name)
             ids[key] = create_link_artifact(key=key, link=media_url(path, root), link_text=Path(path).name,
-                                            description=f"{kind.upper()} of job {label}")
-    gif = _get(result, "gif")
+                                            description=f"{kind.upper()} of job {md_text(label)}")
     if gif:
         key = artifact_key("animation", job_hash, job_name)
         ids[key] = create_image_artifact(image_url=media_url(gif, root), key=key,
-                                         description=f"Animation of job {label}")
+                                         description=f"Animation of job {md_text(label)}")
     return ids
+
+
+def metrics_description(metrics: JobMetrics, root: str | os.PathLike | None = None) -> str:
+    """The metrics table's description (markdown): the summary line, what was not measured and
+    why, and a link to metrics.json with every number at full precision."""
+    job_dir = Path(metrics.job_dir)
+    lines = [md_text(summary_line(metrics))]
+    gaps = not_measured_lines(metrics)
+    if gaps:
+        lines += ["", "— not measured: " + "; ".join(md_text(line) for line in gaps)]
+    notes = column_notes(metrics_table(metrics))
+    if notes:
+        lines += ["", "Columns: " + "; ".join(md_text(note) for note in notes) + "."]
+    path = JobFolder(job_dir).metrics
+    lines += ["", f"Rounded here; every number at full precision: [metrics.json]({media_url(path, root or _output_root(job_dir))})"]
+    return "\n".join(lines)
+
+
+def publish_metrics(metrics: JobMetrics, job_hash: str, job_name: Optional[str] = None) -> UUID:
+    """The metrics table of a measured job: one row per frame, labelled columns with units, rounded
+    numbers, "—" where a metric was not measured (flows/quality/report.py ``metrics_table``)."""
+    from prefect.artifacts import create_table_artifact
+
+    return create_table_artifact(key=artifact_key("metrics", job_hash, job_name), table=metrics_table(metrics),
+                                 description=metrics_description(metrics))

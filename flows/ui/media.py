@@ -44,7 +44,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,7 @@ class MediaHandler(BaseHTTPRequestHandler):
                 "ETag": etag,
                 "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True),
                 "X-Content-Type-Options": "nosniff",
+                **_disposition(self.path, path.name),
                 # Behind basic auth, shared caches must not keep a copy.
                 "Cache-Control": (f"{'private' if self.server.auth else 'public'}, max-age={MEDIA_MAX_AGE}"
                                   if suffix in MEDIA_SUFFIXES else "no-cache"),
@@ -299,6 +300,19 @@ class MediaHandler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 # Browsers drop video range requests all the time when seeking.
                 self.close_connection = True
+
+
+def _disposition(request_path: str, name: str) -> dict[str, str]:
+    """``?download`` on a link (the sweep's best job file): the browser saves the file under its
+    name in one click instead of showing it."""
+    if "download" not in parse_qs(urlsplit(request_path).query, keep_blank_values=True):
+        return {}
+    return {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"}
+
+
+def download_url(url: str) -> str:
+    """``url`` of the media server, answered as a download (``Content-Disposition: attachment``)."""
+    return url if url.startswith("file:") else f"{url}?download"
 
 
 class MediaServer(ThreadingHTTPServer):

@@ -21,6 +21,9 @@ class _NoBar:
     def set_postfix_str(self, text: str) -> None:
         pass
 
+    def write(self, text: str) -> None:
+        pass
+
 
 @contextmanager
 def frame_bar(total: int, initial: int = 0, desc: str = "frames"):

@@ -8,6 +8,10 @@ invalid job from the UI form) the traceback holds nothing but that message again
 first thing a form user sees on the run page. ``install()`` drops exactly that record: only when
 the exception is a ``FailedRun``. A flow that raises keeps its traceback, and the state message
 ("Invalid job: field: message; ...") is untouched.
+
+A run that is cancelled while it renders is stopped before the engine learns its final state, so
+the engine's last record reads "Finished in state Running()": ``install()`` rewords that one
+record to say the run was stopped, and that its frames on disk are kept.
 """
 
 from __future__ import annotations
@@ -20,12 +24,19 @@ from prefect.exceptions import FailedRun
 ENGINE_LOGGER = "prefect.flow_runs"
 LIBRARY_LOGGERS = ("masactrl_engine", "pose_sources")
 _ENGINE_MESSAGE = "Engine execution exited with unexpected exception"
+_STILL_RUNNING = "Finished in state Running()"
+STOPPED_MESSAGE = ("Stopped while running (cancelled or terminated); the frames on disk are kept: run the job "
+                   "again to render only the missing ones")
 
 
 class DropFailedRunTraceback(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, FailedRun) and record.getMessage() == _ENGINE_MESSAGE)
+        if isinstance(exc, FailedRun) and record.getMessage() == _ENGINE_MESSAGE:
+            return False
+        if record.getMessage() == _STILL_RUNNING:
+            record.msg, record.args = STOPPED_MESSAGE, ()
+        return True
 
 
 def install() -> None:
