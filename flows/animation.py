@@ -44,6 +44,7 @@ from flows.jobdir.manifest import unverified_frames
 from flows.jobdir.versions import record_version
 from flows.tasks import invert_source, measure, render_chunk, resolve_job, stitch
 from flows.ui import progress, runlogs
+from flows.ui.live_frames import publish_frames_so_far
 from flows.ui.artifacts import artifact_key, job_hash_of_key, progress_description, progress_percent, publish_outputs
 
 
@@ -114,7 +115,7 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
         futures = render_chunk.map(chunks)
     chunk_of = {id(f): c.index for f, c in zip(futures, chunks)}
     job_hash = chunks[0].job_dir.rstrip("/").rsplit("/", 1)[-1] if chunks else ""
-    reports, failures = [], []
+    reports, failures, arrived = [], [], []
     with progress.frame_bar(total, initial=done) as bar:
         for future in as_completed(list(futures)):
             outcome = future.result(raise_on_failure=False)
@@ -125,10 +126,13 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
             reports.append(outcome)
             done += len(outcome.rendered)
             bar.update(len(outcome.rendered))
-            bar.write(f"chunk {outcome.index}: frames {', '.join(map(str, outcome.rendered)) or 'none'} rendered")
+            bar.write(f"chunk {outcome.index}: frames {', '.join(map(str, outcome.rendered)) or 'none'} rendered "
+                      f"({done}/{total})")
+            arrived += outcome.rendered + outcome.skipped
             if progress_artifact_id is not None:
                 update_progress_artifact(progress_artifact_id, progress=progress_percent(done, total),
                                          description=progress_description(done, total, job_hash, job_name))
+                publish_frames_so_far(chunks[0].job_dir, arrived, total, job_hash, job_name)
     if failures:
         failures.sort(key=lambda f: f[0])
         first_chunk, first_error = failures[0]
@@ -233,7 +237,7 @@ def run_name() -> str:
 def animate(
     job: AnimationJob,
     frames: Optional[list[int]] = Field(
-        None, description="Render only these frames (e.g. [0, 4, 8]) as a quick preview, and stitch what the job "
+        None, title="Only these frames", description="Render only these frames (e.g. [0, 4, 8]) as a quick preview, and stitch what the job "
         "folder holds; empty: every frame. A later full run renders only the rest."),
 ) -> AnimationResult:
     """Render a consistent animation of the source picture's subject (MasaCtrl + ControlNet OpenPose)."""

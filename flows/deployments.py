@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 from flows.animation import animate
 from flows.job.checks import OUTPUT_ROOT_ENV
 from flows.job.files import JobFileError, finished_result, job_files, load_job
+from flows.jobdir.cache import human_bytes, parse_size, prune
 from flows.job.model import InvalidJob, JobInputError, problem_lines
 from flows.sweep import sweep
 
@@ -45,6 +46,7 @@ class InboxReport(BaseModel):
     rendered: list[str] = Field(default_factory=list, description="Job files rendered by this run.")
     skipped: list[str] = Field(default_factory=list, description="Job files whose output was already finished.")
     failed: dict[str, str] = Field(default_factory=dict, description="Job file -> error.")
+    pruned_bytes: int = Field(0, description="Bytes `cache_budget` pruned from the output folders after this run.")
 
 
 @flow(name="animate-inbox", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -54,22 +56,30 @@ def animate_inbox(
         None, description="Relative output folders of the job files are taken from here (empty = the output root "
         "MASACTRL_OUTPUT_ROOT when the server sets one, else the inbox folder)."
     ),
+    cache_budget: Optional[str] = Field(
+        None, description="After the run, prune each output folder the inbox jobs use to this size (e.g. '20G'): "
+        "the oldest job folders go first, with the frames and inversions no remaining job needs; a job being "
+        "rendered is never touched. Empty: keep everything (`masactrl-animate cache prune` by hand)."
+    ),
 ) -> InboxReport:
     """Render every job file in the inbox that has no finished output yet (idempotent)."""
     logger = get_run_logger()
     inbox_dir = Path(inbox).expanduser().absolute()
     if not inbox_dir.is_dir():
         raise ValueError(f"inbox: {inbox_dir} is not a folder; create it or pass an existing folder")
+    budget = None if not cache_budget else parse_size(cache_budget, field="cache_budget")
 
     # A confined server (serve --output-root, deploy/) keeps inbox results below its output root.
     default_base = os.environ.get(OUTPUT_ROOT_ENV) or inbox_dir
     base = Path(output_folder or default_base).expanduser().absolute()
     report = InboxReport()
+    outputs: set[Path] = set()
     files = job_files(inbox_dir)
     logger.info("Inbox %s: %d job file(s)", inbox_dir, len(files))
     for path in files:
         try:
             job = load_job(path, output_base=base)
+            outputs.add(Path(job.output.folder))
             done = finished_result(job)
             if done is not None:
                 logger.info("%s: already finished (%s); skipping", path.name, done.parent)
@@ -84,6 +94,13 @@ def animate_inbox(
             report.failed[path.name] = f"{type(exc).__name__}: {exc}"
         if path.name in report.failed:
             logger.error("%s: %s", path.name, report.failed[path.name])
+
+    for folder in sorted(outputs) if budget is not None else ():
+        if folder.is_dir():
+            pruned = prune(folder, max_bytes=budget)
+            report.pruned_bytes += pruned.freed
+            logger.info("Cache of %s pruned to %s: %d item(s) removed, %s freed", folder, cache_budget,
+                        len(pruned.removed), human_bytes(pruned.freed))
 
     lines = [f"# Inbox {inbox_dir}", "", "| job file | status |", "| --- | --- |"]
     lines += [f"| {n} | rendered |" for n in report.rendered]

@@ -134,3 +134,28 @@ def test_ages(text, seconds):
 
 def test_sizes():
     assert cache.parse_size("10G") == 10 << 30 and cache.parse_size("512MiB") == 512 << 20
+
+
+def test_the_inbox_prunes_to_its_cache_budget(cat, tmp_path):
+    import shutil
+
+    import yaml
+
+    from flows.deployments import animate_inbox
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(cat, inbox / "cat.png")
+    for k in range(2):
+        doc = {"source": {"image": "cat.png", "prompt": "a photo of a cat"}, "frames": {"prompts": PROMPTS[k:k + 2]},
+               "model": {"model": "tiny"}, "settings": {"width": 64, "height": 64, "steps": 2, "start_step": 1},
+               "output": {"folder": "out", "mp4": False}, "quality": {"metrics": False}}
+        (inbox / f"job{k}.yaml").write_text(yaml.safe_dump(doc))
+    report = animate_inbox(inbox=str(inbox), cache_budget="1")  # nothing fits: every finished job goes
+    assert report.rendered == ["job0.yaml", "job1.yaml"] and report.pruned_bytes > 0
+    assert cache.usage(inbox / "out").counts == {"inversions": 0, "frames": 0, "jobs": 0, "sweeps": 0}
+    assert animate_inbox(inbox=str(inbox)).rendered == ["job0.yaml", "job1.yaml"]  # pruned: rendered again
+    kept = animate_inbox(inbox=str(inbox), cache_budget="1G")
+    assert kept.skipped == ["job0.yaml", "job1.yaml"] and kept.pruned_bytes == 0
+    state = animate_inbox(inbox=str(inbox), cache_budget="lots", return_state=True)
+    assert state.is_failed() and "cache_budget: 'lots' is not a size" in state.message

@@ -242,3 +242,28 @@ def test_a_job_name_cannot_take_a_folder_of_the_output(cat, tmp_path, name):
 
     with pytest.raises(ValidationError, match="keeps for itself"):
         job(cat, tmp_path, name=name)
+
+
+def test_frames_appear_as_each_chunk_finishes(cat, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    result = animate(job(cat, tmp_path / "out", PROMPTS[:4], name="walk"))
+    key = f"frames-so-far-walk-{folder_name(result.job_hash)}"
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    versions = sorted(artifacts, key=lambda a: a.created)
+    # Two chunks of two frames: one version each, the second showing all four frames.
+    assert [v.data.splitlines()[0] for v in versions] == ["# Frames so far: 2 of 4", "# Frames so far: 4 of 4"]
+    assert all(f"frame_{i:04d}.png" in versions[-1].data for i in range(4))
+    assert versions[-1].data.count("![frame ") == 4 and versions[0].data.count("![frame ") == 2
+
+
+def test_the_form_offers_the_frame_selection():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.animation import animate as flow
+
+    field = parameter_schema(flow.fn).properties["frames"]
+    assert field["title"] == "Only these frames" and "quick preview" in field["description"]
+    assert {"type": "array", "items": {"type": "integer"}} in field["anyOf"]

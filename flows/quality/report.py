@@ -122,23 +122,22 @@ def summary_line(metrics: JobMetrics) -> str:
 NOT_MEASURED = "—"
 
 # (field of FrameMetrics, column label, decimals, the not_measured key that explains a gap). Short
-# labels keep the table on one screen; ``COLUMN_NOTES`` says what each one means.
+# labels and one number per question keep the table on one screen at 1400 px; ``COLUMN_NOTES``
+# says what each column means. The fields left out here (``SUMMARY_ONLY``) are in metrics.json.
 FRAME_COLUMNS: tuple[tuple[str, str, Optional[int], str], ...] = (
     ("appearance_emd", "Colour dist. (Lab)", 2, "appearance"),
-    ("appearance_bhattacharyya", "Histogram dist. (0–1)", 3, "appearance"),
-    ("appearance_region", "Compared in", None, "appearance"),
     ("background_ssim", "Background SSIM (0–1)", 3, "background_ssim"),
     ("pose_pck", "Pose PCK (0–1)", 2, "pose"),
     ("pose_mean_distance_px", "Pose error (px)", 1, "pose"),
-    ("pose_points", "Keypoints", 0, "pose"),
 )
+# The second colour distance, where it was compared (the summary line says so) and the keypoint count.
+SUMMARY_ONLY = {"appearance_bhattacharyya", "appearance_region", "pose_points"}
 FRAME_LABEL = "Frame"
 WARP_LABEL = "Flicker (/255)"
 WARP_DECIMALS = 2
 COLUMN_NOTES = {
     WARP_LABEL: "warp error to the next frame, 0–255, lower = steadier",
     "Colour dist. (Lab)": "colour distance to the source (EMD of the Lab histograms), lower = closer",
-    "Histogram dist. (0–1)": "Bhattacharyya distance of the colour histograms, 0 same … 1 disjoint",
     "Background SSIM (0–1)": "likeness of the background to the source's, higher = kept",
     "Pose PCK (0–1)": "share of the asked-for keypoints found within 5% of the diagonal",
     "Pose error (px)": "mean distance of the keypoints found",
@@ -184,7 +183,7 @@ def metrics_table(metrics: JobMetrics) -> list[dict[str, str]]:
     warp = {int(getattr(pair, "first")): getattr(pair, "warp_error", None) for pair in metrics.pairs}
     columns = [(name, label, decimals, reason) for name, label, decimals, reason in FRAME_COLUMNS
                if reason in metrics.not_measured or any(f.get(name) is not None for f in frames)]
-    known = {name for name, *_ in FRAME_COLUMNS} | _NOT_IN_TABLE
+    known = {name for name, *_ in FRAME_COLUMNS} | _NOT_IN_TABLE | SUMMARY_ONLY
     extra = sorted({k for f in frames for k in f if k not in known and f.get(k) is not None})
     rows = []
     for frame in frames:
