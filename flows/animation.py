@@ -237,7 +237,7 @@ def run_name() -> str:
 def animate(
     job: AnimationJob,
     frames: Optional[list[int]] = Field(
-        None, title="Only these frames", description="Render only these frames (e.g. [0, 4, 8]) as a quick preview, and stitch what the job "
+        None, description="Render only these frames (e.g. [0, 4, 8]) as a quick preview, and stitch what the job "
         "folder holds; empty: every frame. A later full run renders only the rest."),
 ) -> AnimationResult:
     """Render a consistent animation of the source picture's subject (MasaCtrl + ControlNet OpenPose)."""

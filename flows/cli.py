@@ -36,7 +36,7 @@ from flows.job.plan import decoded_source, plan_job
 from flows.job.preflight import run_problems
 from flows.jobdir.cache import CacheError, human_bytes, parse_age, parse_size, prune, usage
 from flows.jobdir.frames_io import folder_lock
-from flows.jobdir.layout import JobFolder
+from flows.jobdir.layout import JobFolder, folder_name
 from flows.quality.job_folder import NotAFinishedJob
 from flows.quality.measure import compute_job_metrics
 from flows.quality.report import summary_line, write_metrics
@@ -203,7 +203,7 @@ def _print_result(result, as_json: bool) -> None:
         if value:
             print(f"{name + ':':15} {value}")
     if result.previous_versions:
-        print(f"{'earlier:':15} {', '.join(h[:16] for h in result.previous_versions)} (same name, oldest first)")
+        print(f"{'earlier:':15} {', '.join(map(folder_name, result.previous_versions))} (same name, oldest first)")
     for note in result.notes:
         print(f"{'note:':15} {note}")
     if result.metrics_summary:
@@ -306,8 +306,8 @@ def cmd_cache(args) -> int:
               f"job folder(s){f', {len(report.busy)} in use by a run' if report.busy else ''}")
     held = usage(output)
     print(f"{output.absolute()}:")
-    for kind in ("inversions", "frames", "jobs", "sweeps"):
-        print(f"  {kind:11} {held.counts[kind]:6d}  {human_bytes(held.bytes[kind]):>10}")
+    for kind, row in held.rows():
+        print(f"  {kind:11} {row.count:6d}  {human_bytes(row.bytes):>10}")
     print(f"  {'total':11} {'':6}  {human_bytes(held.total):>10}")
     return EXIT_OK
 

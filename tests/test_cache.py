@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from flows import AnimationJob, animate
 from flows.cli import main
@@ -14,30 +13,15 @@ from flows.jobdir import cache, frames_io
 from flows.jobdir.layout import FrameStore, VersionsFolder
 from flows.job.files import finished_result
 
+from conftest_jobs import cat, tiny_job  # noqa: F401 - cat is a fixture
+
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 PROMPTS = [f"a photo of a cat, pose {i}" for i in range(8)]
 
 
-@pytest.fixture(scope="module")
-def cat(tmp_path_factory):
-    from skimage import data
-
-    path = tmp_path_factory.mktemp("src") / "cat.png"
-    Image.fromarray(data.chelsea()).resize((96, 64)).save(path)
-    return path
-
-
 def job(cat, out, prompts, name=None) -> AnimationJob:
-    return AnimationJob.model_validate({
-        "name": name,
-        "source": {"image": str(cat), "prompt": "a photo of a cat"},
-        "frames": {"prompts": prompts},
-        "model": {"model": "tiny"},
-        "settings": {"width": 64, "height": 64, "steps": 2, "start_step": 1},
-        "output": {"folder": str(out), "mp4": False},
-        "quality": {"metrics": False},
-    })
+    return tiny_job(cat, out, prompts, name=name)
 
 
 def aged(result, seconds_ago: float) -> None:
@@ -61,22 +45,22 @@ def three_jobs(cat, tmp_path):
 def test_usage_counts_each_kind_and_linked_frames_once(three_jobs):
     out, _, results = three_jobs
     held = cache.usage(out)
-    assert held.counts == {"inversions": 1, "frames": 6, "jobs": 3, "sweeps": 0}
+    assert held.counts() == {"inversions": 1, "frames": 6, "jobs": 3, "sweeps": 0}
     store = {(p.stat().st_dev, p.stat().st_ino): p.stat().st_size for p in FrameStore.of(out).path.iterdir()}
-    assert held.bytes["frames"] == sum(store.values())
+    assert held.frames.bytes == sum(store.values())
     own = {}
     for r in results:
         for p in Path(r.job_dir).rglob("*"):
             st = p.stat()
             if p.is_file() and (st.st_dev, st.st_ino) not in store:
                 own[(st.st_dev, st.st_ino)] = st.st_size
-    assert held.bytes["jobs"] == sum(own.values())  # a frame linked from the store is counted there only
+    assert held.jobs.bytes == sum(own.values())  # a frame linked from the store is counted there only
     assert os.stat(results[0].frames[0]).st_nlink == 2  # this file system has hard links: presented by link
 
 
 def test_prune_under_a_budget_keeps_the_newest_jobs_complete(cat, three_jobs):
     out, jobs, results = three_jobs
-    newest_two = cache.usage(out).total - cache.usage(out).bytes["jobs"] // 3 - 200  # not room for all three
+    newest_two = cache.usage(out).total - cache.usage(out).jobs.bytes // 3 - 200  # not room for all three
     report = cache.prune(out, max_bytes=newest_two)
     assert Path(results[0].job_dir) in report.removed and report.freed > 0
     assert [p.name for p in report.kept_jobs] == [Path(r.job_dir).name for r in results[1:]]
@@ -99,7 +83,7 @@ def test_keep_last_and_older_than(three_jobs):
     report = cache.prune(out, older_than=1500)
     assert [p.name for p in report.kept_jobs] == [Path(results[2].job_dir).name]
     assert VersionsFolder.of(out, "walk").latest.resolve() == Path(results[2].job_dir).resolve()
-    assert cache.usage(out).counts["frames"] == 3
+    assert cache.usage(out).frames.count == 3
 
 
 def test_a_job_a_run_holds_is_never_pruned(three_jobs):
@@ -153,7 +137,7 @@ def test_the_inbox_prunes_to_its_cache_budget(cat, tmp_path):
         (inbox / f"job{k}.yaml").write_text(yaml.safe_dump(doc))
     report = animate_inbox(inbox=str(inbox), cache_budget="1")  # nothing fits: every finished job goes
     assert report.rendered == ["job0.yaml", "job1.yaml"] and report.pruned_bytes > 0
-    assert cache.usage(inbox / "out").counts == {"inversions": 0, "frames": 0, "jobs": 0, "sweeps": 0}
+    assert cache.usage(inbox / "out").counts() == {"inversions": 0, "frames": 0, "jobs": 0, "sweeps": 0}
     assert animate_inbox(inbox=str(inbox)).rendered == ["job0.yaml", "job1.yaml"]  # pruned: rendered again
     kept = animate_inbox(inbox=str(inbox), cache_budget="1G")
     assert kept.skipped == ["job0.yaml", "job1.yaml"] and kept.pruned_bytes == 0

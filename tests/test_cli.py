@@ -50,6 +50,20 @@ def test_run_with_overrides_prints_the_result(job_file, tmp_path, capsys):
     assert "GIF:" in out and "MP4:" in out and "0 rendered" in out
 
 
+def test_run_a_subset_of_frames_then_the_rest(job_file, tmp_path, capsys):
+    job = yaml.safe_load(job_file.read_text())
+    job["model"] = {"model": "tiny"}
+    job["frames"]["prompts"] = [f"a photo of a cat, pose {i}" for i in range(4)]
+    job_file.write_text(yaml.safe_dump(job))
+    assert main(["run", str(job_file), "--frames", "1-2", "--no-progress", "--json"]) == EXIT_OK
+    preview = json.loads(capsys.readouterr().out)
+    assert preview["frames_rendered"] == 2 and preview["missing_frames"] == [0, 3]
+    assert main(["run", str(job_file), "--no-progress"]) == EXIT_OK
+    assert "4 (2 rendered, 2 already rendered)" in capsys.readouterr().out
+    assert main(["run", str(job_file), "--frames", "2,9"]) == EXIT_INVALID
+    assert "--frames: frame 9 does not exist; the job has 4 frames (0-3)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override,field", [
     ("settings.width=100", "settings.width"),
     ("output.folder=../elsewhere", "output.folder"),

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from flows.jobdir.manifest import frame_problem
+
 from tests.test_flow_e2e import BIN, free_port, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -118,8 +120,12 @@ def test_kill_at_any_stage_resumes_to_byte_identical_outputs(server, reference, 
     finally:
         stop(proc)
     assert not list(out.glob("*/result.json"))  # it really died before finishing
+    stored = [p for p in (out / "frame_store").glob("*.png") if frame_problem(p) is None]
     result = run(env, job, home / f"{stage}-resumed.log")
     assert digests(result) == reference
+    assert result["frames_rendered"] == FRAMES - len(stored)  # only the frames the store did not hold
+    if stage != "inversion":
+        assert stored  # the render had stored frames before the kill
     assert not list(Path(result["job_dir"]).glob(".*.tmp.*"))  # no temp file of the killed run is left
 
 

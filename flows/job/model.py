@@ -321,7 +321,10 @@ class FramesSpec(_Model):
         return frames
 
     def prompts_for(self, pose_count: Optional[int], source_prompt: str) -> list[str]:
-        """The prompt of each frame (a list of prompts): broadcast one prompt over the poses; check counts."""
+        """The prompt of each frame: broadcast one prompt over the poses; check counts (keyframes: the
+        earlier keyframe's prompt of each frame, see ``prompt_travel``)."""
+        if isinstance(self.prompts, dict):
+            return [prompt for prompt, _, _ in self.prompt_travel(pose_count, source_prompt)]
         if pose_count is None:
             return list(self.prompts)
         if not self.prompts:

@@ -403,6 +403,7 @@ def plan_job(job: AnimationJob, write: bool = True) -> JobPlan:
         frames = [f.model_copy(update={"pose": str(p)}) for f, p in zip(frames, paths)]
     if write:
         stale_files.remove_stale_temp_files(job_dir)  # left by a killed earlier run
+        stale_files.remove_stale_store_temp_files(FrameStore.of(job.output.folder).path)
         frames_io.write_json_atomic(folder.job_file, {"job_hash": digest, "inversion_key": inversion.key,
                                                       "frame_keys": keys, "job": job.model_dump(mode="json")})
     return JobPlan(

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +31,6 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 _AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-KINDS = ("inversions", "frames", "jobs", "sweeps")
 
 
 class CacheError(ValueError):
@@ -66,15 +65,29 @@ class JobEntry:
 
 
 @dataclass
-class Usage:
-    """Counts and bytes by kind; a hard-linked frame counts once (in the store)."""
+class Held:
+    count: int = 0
+    bytes: int = 0
 
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+
+@dataclass
+class Usage:
+    """What an output folder holds, by kind; a hard-linked frame counts once (in the store)."""
+
+    inversions: Held
+    frames: Held
+    jobs: Held
+    sweeps: Held
+
+    def rows(self) -> list[tuple[str, Held]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+    def counts(self) -> dict[str, int]:
+        return {name: held.count for name, held in self.rows()}
 
     @property
     def total(self) -> int:
-        return sum(self.bytes.values())
+        return sum(held.bytes for _, held in self.rows())
 
 
 @dataclass
@@ -126,22 +139,16 @@ def job_entries(output: str | os.PathLike) -> list[JobEntry]:
 def usage(output: str | os.PathLike) -> Usage:
     """What ``output`` holds, by kind."""
     output = Path(output)
-    seen: set[tuple[int, int]] = set()
-    result = Usage()
-    store = FrameStore.of(output)
-    entries = store.entries()
-    result.counts["frames"] = len(entries)
-    result.bytes["frames"] = _tree_bytes(store.path, seen) if store.path.is_dir() else 0
-    inversions = _folders(output / layout.INVERSIONS_DIR)
-    result.counts["inversions"] = len(inversions)
-    result.bytes["inversions"] = sum(_tree_bytes(p, seen) for p in inversions)
-    jobs = job_entries(output)
-    result.counts["jobs"] = len(jobs)
-    result.bytes["jobs"] = sum(_tree_bytes(j.path, seen) for j in jobs)
-    sweeps = _folders(output / layout.SWEEPS_DIR)
-    result.counts["sweeps"] = len(sweeps)
-    result.bytes["sweeps"] = sum(_tree_bytes(p, seen) for p in sweeps)
-    return result
+    seen: set[tuple[int, int]] = set()  # the store first: job folders' links to it then count nothing
+
+    def held(paths: list[Path]) -> Held:
+        return Held(len(paths), sum(_tree_bytes(p, seen) for p in paths))
+
+    entries = FrameStore.of(output).entries()
+    frames = Held(len(entries), sum(_tree_bytes(p, seen) + _tree_bytes(layout.digest_path(p), seen)
+                                    for p in entries if p.is_file()))
+    return Usage(frames=frames, inversions=held(_folders(output / layout.INVERSIONS_DIR)),
+                 jobs=held([j.path for j in job_entries(output)]), sweeps=held(_folders(output / layout.SWEEPS_DIR)))
 
 
 def _kept_by_policy(jobs: list[JobEntry], busy: set[Path], older_than: Optional[float],
@@ -247,5 +254,5 @@ def human_bytes(n: int) -> str:
     return f"{n:.1f} TiB"
 
 
-__all__ = ["CacheError", "JobEntry", "PruneReport", "Usage", "human_bytes", "job_entries", "parse_age",
+__all__ = ["CacheError", "Held", "JobEntry", "PruneReport", "Usage", "human_bytes", "job_entries", "parse_age",
            "parse_size", "prune", "usage"]

@@ -1,4 +1,4 @@
-"""Temporary files a killed run left in its job folder.
+"""Temporary files a killed run left in its job folder (and in the frame store).
 
 ``frames_io.atomic_write`` writes every file under a hidden temporary name beside its target,
 ``.<stem>.<random token>.tmp<suffix>`` (e.g. ``.animation.3f9c2a1b07de.tmp.mp4``), and moves it
@@ -36,6 +36,17 @@ def remove_stale_temp_files(job_dir: str | os.PathLike, started: float | None = 
     started = time.time() if started is None else started
     return _remove(job_dir, JobFolder(job_dir).temp_folders,
                    lambda entry, match: entry.stat(follow_symlinks=False).st_mtime < started - grace)
+
+
+# A frame store entry is written in milliseconds by whichever job renders it first; a temporary
+# file there untouched for this long belongs to a killed writer.
+STORE_GRACE_SECONDS = 60.0
+
+
+def remove_stale_store_temp_files(store_dir: str | os.PathLike, grace: float = STORE_GRACE_SECONDS) -> list[Path]:
+    """Remove temporary files in the frame store (shared by every job) older than ``grace``."""
+    limit = time.time() - grace
+    return _remove(store_dir, (Path(store_dir),), lambda entry, match: entry.stat(follow_symlinks=False).st_mtime < limit)
 
 
 # Written by plan_job before the job lock is taken (a concurrent run may be writing them now).
