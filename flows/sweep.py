@@ -50,7 +50,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows import quality
-from flows.animation import checked_job, fails_invalid_job, render_frames, task_runner_for
+from flows.animation import checked_job, fails_invalid_job, render_frames, run_name, task_runner_for
 from flows.execution import rendering
 from flows.job.model import AnimationJob, JobInputError
 from flows.job.plan import ChunkRequest, JobPlan, plan_job
@@ -209,8 +209,8 @@ class SweepResult(BaseModel):
 
 
 # validate_parameters=False, as for animate: an invalid job or grid fails the run with one message.
-@flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True, result_serializer="json",
-      validate_parameters=False)
+@flow(name="sweep", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True,
+      result_serializer="json", validate_parameters=False)
 @fails_invalid_job
 def sweep(job: AnimationJob, grid: Optional[dict[str, list[Any]]] = None,
           frames: Optional[list[int]] = None) -> SweepResult:
@@ -316,8 +316,11 @@ def sweep_chunks(job: AnimationJob, sp: SweepPlan,
     owner: dict[str, SweepCell] = {}
     for cell, plan in zip(sp.cells, sp.plans):
         if plan.job_dir in owner:
-            notes.append(f"cells {owner[plan.job_dir].label()} and {cell.label()} render the same frames "
-                         "(the swept setting changes nothing here)")
+            first = owner[plan.job_dir]
+            # Output settings (in-betweens, loops) are swept on purpose: same frames, played otherwise.
+            if sp.jobs[first.index].output == sp.jobs[cell.index].output:
+                notes.append(f"cells {first.label()} and {cell.label()} render the same frames "
+                             "(the swept setting changes nothing here)")
             continue
         owner[plan.job_dir] = cell
         chunks += plan.chunks(job.execution.chunk_size, job.execution.batch_size,

@@ -150,17 +150,16 @@ def case_offline_hub(folder, out, monkeypatch=None):
     return dump_job(folder / "job.yaml", job), "model.model"
 
 
-def case_subject_after_token_limit(folder, out):
-    """The subject word occurs in a frame prompt, but only after CLIP's 77th token."""
+def case_refused_prompt_operator(folder, out):
+    """A compel operator the engine does not apply (``.swap``) in a frame prompt."""
     job = base_job(out)
-    job["source"]["subject"] = "cat"
-    job["frames"]["prompts"][1] = "a photo of a dog " + "walking " * 80 + "next to a cat"
-    return dump_job(folder / "job.yaml", job), "source.subject"
+    job["frames"]["prompts"][1] = "a photo of a cat.swap(dog)"
+    return dump_job(folder / "job.yaml", job), "frames.prompts[1]"
 
 
 CASES = [case_duplicate_key, case_bool_int, case_bool_chunk, case_bomb, case_too_big, case_long_path,
          case_corrupt_zlib, case_root_glob, case_huge_pose_coordinates, case_cuda, case_dask_unreachable, case_output_not_writable,
-         case_offline_hub, case_subject_after_token_limit]
+         case_offline_hub, case_refused_prompt_operator]
 
 
 def _snapshot(folder: Path):

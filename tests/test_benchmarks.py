@@ -122,3 +122,14 @@ def test_published_schedule_counts_attention_like_the_reference(tiny_pipe, monke
     assert len(made) == 1 and made[0].num_att_layers == 32  # 16 transformer blocks x (self, cross)
     assert (made[0].cur_step, made[0].cur_att_layer) == (2, 0)  # two UNet calls, each fully counted
     assert {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()} == before
+
+
+def test_source_branch_benchmark_counts_one_branch_per_sweep(tmp_path):
+    """Four cells over anchor weight x ControlNet scale (T=3, S=1): keyed by the whole config, each
+    cell computes the branch (2(T-S) = 4 source samples); shared, the first cell alone does."""
+    out = _run("benchmarks.source_branch", "--quick", cache=tmp_path)
+    rows = {m.group(1): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^(per-config|shared)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+$", out, re.M)}
+    assert rows["per-config"][1] == 4.0 and rows["shared"][1] == 1.0
+    assert rows["per-config"][0] - rows["shared"][0] == 3.0
+    assert "shared/per-config: UNet samples" in out

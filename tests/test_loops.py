@@ -244,6 +244,7 @@ def test_a_sweep_over_interpolate_shows_the_inbetweens_in_the_cell_gif(tmp_path)
     assert state.is_completed(), state.message
     result = state.result()
     assert result.frames_rendered == 3  # the two cells share their frames: only the GIF differs
+    assert not any("changes nothing" in note for note in result.notes)  # it changes how they play
     counts = [len(gif_frames(cell.gif)) for cell in result.cells]
     assert counts == [4, 8]  # pingpong of 3 frames: 0 1 2 1, and with an in-between after each
     (k1, k2) = [gif_frames(cell.gif) for cell in result.cells]

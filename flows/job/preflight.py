@@ -103,9 +103,9 @@ def run_problems(job, environ=None) -> tuple[list[tuple[str, str]], list[tuple[s
     """(problems, warnings) of a validated job on this machine, as ``(field, message)`` pairs, for
     the CLI before it starts Prefect and for a flow run right after validating its job. Problems:
     paths outside the configured roots (then nothing else is probed there), what this machine
-    cannot give the job (writable output folder, CUDA, Dask scheduler, cached hub model), and a
-    subject word that the text encoder never reads. Warnings: prompts the encoder cuts
-    (flows/job/prompt_limits.py)."""
+    cannot give the job (writable output folder, CUDA, Dask scheduler, cached hub model), and prompt
+    operators the engine refuses. Warnings: A1111-style groups without a weight, which mean
+    something else here (flows/job/prompt_limits.py)."""
     confined = confinement_problems(job, environ)
     if confined:
         return confined, []
