@@ -1,7 +1,8 @@
 """The ``animate`` flow: one job in, PNG frames + GIF + MP4 + contact sheet out.
 
-    validate -> resolve-job -> invert-source (reused from disk) -> render-frames (subflow:
-    render-chunk.map) -> stitch -> measure (metrics.json)
+    validate -> plan (frame keys, in the flow body: what it refuses is an invalid job) ->
+    invert-source (reused from disk) -> render-frames (subflow: render-chunk.map over the frames
+    the frame store lacks) -> stitch -> measure (metrics.json)
 
 The render tasks run in a subflow so that the job chooses their task runner
 (``task_runner_for``): a thread pool by default, Dask on request.
@@ -18,7 +19,6 @@ from uuid import UUID
 from prefect import flow
 from prefect.artifacts import (
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.futures import as_completed
@@ -42,10 +42,17 @@ from flows.jobdir import frame_store, frames_io, stale_files
 from flows.jobdir.layout import FrameStore, JobFolder
 from flows.jobdir.manifest import unverified_frames
 from flows.jobdir.versions import record_version
-from flows.tasks import invert_source, measure, render_chunk, resolve_job, stitch
+from flows.tasks import invert_source, measure, render_chunk, stitch
 from flows.ui import progress, runlogs
+from flows.ui.artifacts import (
+    artifact_key,
+    job_hash_of_key,
+    progress_description,
+    progress_percent,
+    publish_metrics,
+    publish_outputs,
+)
 from flows.ui.live_frames import publish_frames_so_far
-from flows.ui.artifacts import artifact_key, job_hash_of_key, progress_description, progress_percent, publish_outputs
 
 
 class AnimationResult(BaseModel):
@@ -383,11 +390,7 @@ def _measured(job: AnimationJob, plan: JobPlan, result: AnimationResult) -> Anim
     else:
         metrics = state.result()
         line = quality.summary_line(metrics)
-        create_table_artifact(
-            key=artifact_key("metrics", plan.job_hash, job.name),
-            table=[row.model_dump() for row in metrics.frames],
-            description=line,
-        )
+        publish_metrics(metrics, plan.job_hash, job.name)
         result = result.model_copy(update={"metrics": str(JobFolder(plan.job_dir).metrics),
                                            "metrics_summary": line})
     frames_io.write_json_atomic(JobFolder(plan.job_dir).result, result.model_dump(mode="json"))

@@ -26,8 +26,8 @@ from pydantic import BaseModel, Field, ValidationError
 from flows.animation import animate
 from flows.job.checks import OUTPUT_ROOT_ENV
 from flows.job.files import JobFileError, finished_result, job_files, load_job
-from flows.jobdir.cache import human_bytes, parse_size, prune
 from flows.job.model import InvalidJob, JobInputError, problem_lines
+from flows.jobdir.cache import human_bytes, parse_size, prune
 from flows.sweep import sweep
 
 # "flow name/deployment name", as `prefect deployment run` and `submit --deployment` take them.

@@ -56,7 +56,7 @@ from flows.job.model import AnimationJob, JobInputError
 from flows.job.plan import ChunkRequest, JobPlan, plan_job
 from flows.job.sweep_axes import flatten
 from flows.jobdir import frames_io
-from flows.jobdir.layout import CELLS_DIR, GRID_FILE, RANKING_FILE, SWEEP_FILE, SweepFolder, folder_name
+from flows.jobdir.layout import BEST_JOB_FILE, CELLS_DIR, GRID_FILE, RANKING_FILE, SWEEP_FILE, SweepFolder, folder_name
 from flows.jobdir.manifest import load_verified_frame, unverified_frames
 from flows.jobdir.stitch import write_playback_gif
 from flows.quality.report import summary_line
@@ -80,9 +80,6 @@ from flows.ui.artifacts import artifact_key, job_label, md_text, progress_percen
 from flows.ui.media import download_url, media_url
 
 SWEEP_FORMAT = 1
-# The best cell as a complete job file, in the sweep folder (served by the media server).
-BEST_JOB_FILE = "best_job.yaml"
-
 
 # --------------------------------------------------------------------------- planning (no Prefect)
 
@@ -519,7 +516,7 @@ def best_job_text(sp: SweepPlan, cell_index: int, result: SweepResult) -> str:
 
 
 def write_best_job(sp: SweepPlan, cell_index: int, result: SweepResult) -> Path:
-    path = Path(result.sweep_dir) / BEST_JOB_FILE
+    path = SweepFolder(result.sweep_dir).best_job
     text = best_job_text(sp, cell_index, result)
     return frames_io.atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

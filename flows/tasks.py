@@ -1,4 +1,4 @@
-"""Prefect tasks: thin wrappers around the plain functions in plan / rendering / stitch.
+"""Prefect tasks: thin wrappers around the plain functions in rendering / stitch / quality.
 
 Tasks take and return small things (pydantic requests and reports, paths); pixels and tensors
 stay on disk. Idempotence lives on disk too (``flows/execution/rendering.py``), not in Prefect's result
@@ -16,10 +16,9 @@ from prefect.logging import get_run_logger
 from flows import quality
 from flows.execution import rendering
 from flows.execution.gpu_claims import gpu_slot
-from flows.job.model import AnimationJob, JobInputError
-from flows.job.plan import ChunkRequest, InversionRequest, JobPlan, plan_job
+from flows.job.model import JobInputError
+from flows.job.plan import ChunkRequest, InversionRequest
 from flows.jobdir import stitch as stitch_lib
-from flows.jobdir.layout import folder_name
 from flows.ui import runlogs
 
 
@@ -44,14 +43,6 @@ def worth_retrying(task, task_run, state) -> bool:
     except BaseException:  # noqa: BLE001 - anything else may be transient
         return True
     return True
-
-
-@task(name="resolve-job", cache_policy=NO_CACHE)
-def resolve_job(job: AnimationJob) -> JobPlan:
-    """Resolve poses, check counts and sizes, hash the job, write job.json and the pose maps."""
-    plan = plan_job(job)
-    _logger().info("Job %s: %d frames -> %s", folder_name(plan.job_hash), len(plan.frames), plan.job_dir)
-    return plan
 
 
 @task(name="invert-source", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,

@@ -66,7 +66,7 @@ def cat_job(tmp_path) -> Path:
 @pytest.fixture
 def walk_job(tmp_path) -> Path:
     """Two walk poses moved onto the astronaut (`retarget: source`): runs the bundled mediapipe
-    detector while planning, in resolve-job and in measure, and imports controlnet_aux to draw."""
+    detector while planning, in the plan and in measure, and imports controlnet_aux to draw."""
     from skimage import data
 
     folder = tmp_path / "jobs"

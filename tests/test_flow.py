@@ -17,6 +17,7 @@ from flows.deployments import animate_inbox
 from flows.jobdir import frame_store
 from flows.jobdir.frames_io import frame_path
 from flows.jobdir.layout import FrameStore
+from flows.ui.artifacts import md_text
 from flows.jobdir.layout import folder_name
 from flows.job.model import ModelSpec, RenderSettings
 from flows.job.plan import ChunkRequest, EngineRequest, FramePlan
@@ -139,8 +140,9 @@ def test_artifacts(first_run):
     assert progress.key == f"progress-{key}" and float(progress.data) == 100.0
     assert progress.description.endswith("100% (4/4 frames), done")
     tables = {a.key.split("-")[0]: a for a in by_type["table"]}
-    assert json.loads(tables["metrics"].data)[0]["index"] == 0
-    assert tables["metrics"].description == result.metrics_summary
+    metrics_rows = json.loads(tables["metrics"].data)
+    assert [row["Frame"] for row in metrics_rows] == ["0", "1", "2", "3"]
+    assert tables["metrics"].description.startswith(md_text(result.metrics_summary))
     rows = json.loads(tables["frames"].data)
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert rows[2]["prompt"] == PROMPTS[2] and rows[2]["file"] == result.frames[2]

@@ -11,6 +11,7 @@ from PIL import Image
 from flows import quality
 from flows.jobdir.frames_io import write_json_atomic
 from flows.quality import measure
+from flows.quality.report import metrics_table
 from pose_sources import Person, Pose
 
 
@@ -323,6 +324,9 @@ def test_metrics_mark_inbetweens_and_measure_the_wrap_around_pair(tmp_path, loop
         if loop == "crossfade":  # frames 3 -> 0 are 9 px apart, 0 -> 1 only 3
             assert m.wrap_pair.frame_difference > m.pairs[0].frame_difference
     assert quality.JobMetrics.model_validate_json(m.model_dump_json()) == m
+    table = metrics_table(m)  # the UI's table: an in-between has no flicker of its own
+    assert table[1]["Frame"] == "0→1 at 0.50 (in-between)" and table[1]["Flicker (/255)"] == "— (in-between)"
+    assert table[0]["Flicker (/255)"] != table[1]["Flicker (/255)"] and table[2]["Frame"] == "1"
 
 
 def test_infinite_psnr_survives_the_round_trip(tmp_path):

@@ -30,9 +30,9 @@ from flows.job.checks import (
     weights_files_problem,
 )
 from flows.job.hashing import NotHashed
-from flows.jobdir.layout import RESERVED_NAMES, is_job_folder_name
 from flows.job.runner_settings import RunnerSettings
 from flows.job.sweep_axes import SweepError, flatten, frame_list, parse_axes
+from flows.jobdir.layout import RESERVED_NAMES, is_job_folder_name
 
 _RUNNER_FIELDS = RunnerSettings.model_fields
 

@@ -63,6 +63,7 @@ finished jobs again): bump ``flows.job.plan.PLAN_FORMAT`` with it.
         grid.png                        the labelled grid of every cell
         ranking.json                    the ranking table
         sweep.json                      the SweepResult
+        best_job.yaml                   the best cell as a complete job file (run / submit)
     .<folder name>.lock                 folder_lock, beside each job and inversion folder: an
                                         identical run waits on it
 
@@ -115,6 +116,7 @@ CELLS_DIR = "cells"
 GRID_FILE = "grid.png"
 RANKING_FILE = "ranking.json"
 SWEEP_FILE = "sweep.json"
+BEST_JOB_FILE = "best_job.yaml"
 
 # Top-level names of the output folder that a job name must not take (it names a versions folder).
 RESERVED_NAMES = frozenset({INVERSIONS_DIR, SWEEPS_DIR, FRAME_STORE_DIR})
@@ -395,9 +397,14 @@ class SweepFolder(_Folder):
     def sweep_file(self) -> Path:
         return self.path / SWEEP_FILE
 
+    @property
+    def best_job(self) -> Path:
+        """The best cell as a complete job file, for `run` or `submit`."""
+        return self.path / BEST_JOB_FILE
+
 
 __all__ = [
-    "ANIMATION_STEM", "CELLS_DIR", "FRAME_STORE_DIR", "LATEST_LINK", "RESERVED_NAMES", "VERSIONS_FILE",
+    "ANIMATION_STEM", "BEST_JOB_FILE", "CELLS_DIR", "FRAME_STORE_DIR", "LATEST_LINK", "RESERVED_NAMES", "VERSIONS_FILE",
     "FrameStore", "VersionsFolder", "is_job_folder_name", "CONTACT_SHEET_FILE", "DIGEST_SUFFIX", "FRAMES_DIR", "GRID_FILE", "HASH_CHARS",
     "INBETWEENS_DIR", "PLAYBACK_FILE", "INVERSIONS_DIR", "JOB_FILE", "MASKS_DIR", "METRICS_FILE", "POSES_DIR", "POSES_INDEX", "RANKING_FILE",
     "RESULT_FILE", "RUNNING_FILE", "SIDE_BY_SIDE_STEM", "SOURCE_DECODE_FILE", "SOURCE_FILE", "SWEEPS_DIR",

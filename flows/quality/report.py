@@ -175,6 +175,10 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+# Fields that say where an in-between row sits; shown in its Frame cell.
+_INBETWEEN_FIELDS = {"interpolated", "between", "t"}
+
+
 def metrics_table(metrics: JobMetrics) -> list[dict[str, str]]:
     """One row per frame for people: labelled columns with units, rounded numbers, "—" where a
     metric was not measured (``not_measured_lines`` says why). Columns with nothing measured in
@@ -183,11 +187,19 @@ def metrics_table(metrics: JobMetrics) -> list[dict[str, str]]:
     warp = {int(getattr(pair, "first")): getattr(pair, "warp_error", None) for pair in metrics.pairs}
     columns = [(name, label, decimals, reason) for name, label, decimals, reason in FRAME_COLUMNS
                if reason in metrics.not_measured or any(f.get(name) is not None for f in frames)]
-    known = {name for name, *_ in FRAME_COLUMNS} | _NOT_IN_TABLE | SUMMARY_ONLY
+    known = {name for name, *_ in FRAME_COLUMNS} | _NOT_IN_TABLE | SUMMARY_ONLY | _INBETWEEN_FIELDS
     extra = sorted({k for f in frames for k in f if k not in known and f.get(k) is not None})
     rows = []
     for frame in frames:
         index = int(frame["index"])
+        if frame.get("interpolated"):  # an in-between: flicker is measured between rendered frames only
+            first, second = frame.get("between") or (index, index + 1)
+            row = {FRAME_LABEL: f"{first}→{second} at {frame.get('t') or 0:.2f} (in-between)",
+                   WARP_LABEL: f"{NOT_MEASURED} (in-between)"}
+            row.update({label: _cell(frame.get(name), decimals, reason in metrics.not_measured)
+                        for name, label, decimals, reason in columns})
+            rows.append(row)
+            continue
         if index in warp:
             flicker = _cell(warp[index], WARP_DECIMALS)
         else:  # the last frame has no next one; a single frame has no pair at all
