@@ -11,6 +11,7 @@ The render tasks run in a subflow so that the job chooses their task runner
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -133,8 +134,9 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
             reports.append(outcome)
             done += len(outcome.rendered)
             bar.update(len(outcome.rendered))
+            # Above the bar, on stderr with it: stdout carries `run --json`'s result.
             bar.write(f"chunk {outcome.index}: frames {', '.join(map(str, outcome.rendered)) or 'none'} rendered "
-                      f"({done}/{total})")
+                      f"({done}/{total})", file=sys.stderr)
             arrived += outcome.rendered + outcome.skipped
             if progress_artifact_id is not None:
                 update_progress_artifact(progress_artifact_id, progress=progress_percent(done, total),

@@ -39,7 +39,9 @@ def snapshot(folder: Path):
 
 def test_run_with_overrides_prints_the_result(job_file, tmp_path, capsys):
     assert main(["run", str(job_file), "--set", "output.fps=4", "--set", "output.mp4=false", "--json"]) == EXIT_OK
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout is the result alone: the chunk lines go to stderr
+    assert "chunk 0: frames 0, 1 rendered (2/2)" in captured.err
     assert result["frame_count"] == 2 and result["mp4"] is None
     with Image.open(result["gif"]) as gif:
         assert gif.n_frames == 2 and gif.info["duration"] == 250  # 4 fps from --set

@@ -21,7 +21,7 @@ class _NoBar:
     def set_postfix_str(self, text: str) -> None:
         pass
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, file=None) -> None:
         pass
 
 
