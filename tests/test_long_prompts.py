@@ -1,27 +1,15 @@
 """Long and weighted prompts through compel on the tiny checkpoints: chunks of 77 tokens, weights,
 SDXL's pooled embedding from the first chunk, the subject word past token 77, negative prompts."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from masactrl_engine import ControlConfig, EngineInputError, FrameSpec, MaskConfig, SequenceEngine
+from masactrl_engine import EngineInputError, FrameSpec, MaskConfig
 from masactrl_engine.conditioning import CHUNK, PromptEncoder, parse_prompt
 
-SOURCE_PROMPT = "a photo of a cat"
+from tests.test_prompt_travel import SOURCE_PROMPT, _image, engine  # the same engine and source picture
 # 5 + 114 tokens with the tiny (CLIP-style) tokenizer; one more word makes 120: two chunks.
 LONG = "a photo of a cat " + "walking " * 114
-
-
-def _image(seed=2):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-
-
-def engine(pipe, **settings):
-    settings.setdefault("num_steps", 4)
-    settings.setdefault("start_step", 1)
-    return SequenceEngine(pipe, ControlConfig(**settings), progress=False)
 
 
 def encoder(pipe) -> PromptEncoder:
