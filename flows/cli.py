@@ -479,13 +479,14 @@ def cmd_submit(args) -> int:
     # What the worker would refuse from the job alone, refused here before anything is submitted:
     # the plan (prompt and pose counts, pose files, sizes, overrides) and the source's pixels. What
     # depends on the worker's machine (its devices, roots, scheduler, model cache) it checks itself.
-    plan_job(job, write=False)
+    plan = plan_job(job, write=False)
+    frames = select_frames(args.frames, len(plan.frames), field="--frames")
     _check_source_pixels(job)
     from prefect.deployments import run_deployment
 
+    parameters = {"job": job.model_dump(mode="json"), **({"frames": frames} if frames is not None else {})}
     try:
-        run = run_deployment(args.deployment, parameters={"job": job.model_dump(mode="json")}, timeout=0,
-                             as_subflow=False)
+        run = run_deployment(args.deployment, parameters=parameters, timeout=0, as_subflow=False)
     except Exception as exc:  # noqa: BLE001 - no server, no deployment, ...
         raise CommandFailed(f"could not submit to deployment {args.deployment!r}: {exc}\n"
                             "Is a Prefect server running (PREFECT_API_URL) and `masactrl-animate serve` started?") from None
@@ -603,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="trigger the animate deployment on a running server and wait")
     job_args(p)
     p.add_argument("--deployment", default=ANIMATE_DEPLOYMENT, help=f"default: {ANIMATE_DEPLOYMENT}")
+    p.add_argument("--frames", default=None, metavar="I,J-K", help="render only these frames, as `run --frames`")
     p.add_argument("--no-wait", action="store_true", help="print the flow-run id and return")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     p.set_defaults(func=cmd_submit)

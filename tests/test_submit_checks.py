@@ -73,3 +73,13 @@ def test_submit_sends_a_job_that_plans(workdir, submitted, capsys):  # noqa: F81
     assert main(["submit", str(path), "--no-wait"]) == 0
     assert capsys.readouterr().out.strip() == "a-run-id"
     assert len(submitted) == 1 and submitted[0][1]["parameters"]["job"]["frames"]["prompts"] == ["a photo of a cat sitting"]
+
+
+def test_submit_sends_a_frame_selection(workdir, submitted, capsys):  # noqa: F811
+    job = conftest_jobs.base_job(workdir.parent / "out", ("a cat sitting", "a cat standing", "a cat jumping"))
+    path = dump_job(workdir / "job.yaml", job)
+    assert main(["submit", str(path), "--no-wait", "--frames", "0,2"]) == 0
+    assert submitted[0][1]["parameters"]["frames"] == [0, 2]
+    assert main(["submit", str(path), "--no-wait", "--frames", "3"]) == EXIT_INVALID
+    assert "--frames: frame 3 does not exist; the job has 3 frames (0-2)" in capsys.readouterr().err
+    assert len(submitted) == 1
