@@ -243,9 +243,9 @@ def test_metrics_table_is_labelled_rounded_and_says_what_was_not_measured():
 def test_metrics_table_shows_a_frame_field_it_does_not_know():
     """Another metric added to FrameMetrics shows up as a column before anyone labels it."""
     metrics = _metrics()
-    frames = [{**f.model_dump(), "interpolated": i == 1} for i, f in enumerate(metrics.frames)]
+    frames = [{**f.model_dump(), "retouched": i == 1} for i, f in enumerate(metrics.frames)]
     loose = SimpleNamespace(**{**{k: getattr(metrics, k) for k in ("pairs", "not_measured")},
                                "frames": [SimpleNamespace(model_dump=lambda f=f: f) for f in frames]})
     rows = metrics_table(loose)
-    assert [r["Interpolated"] for r in rows] == ["no", "yes", "no"]
+    assert [r["Retouched"] for r in rows] == ["no", "yes", "no"]
     assert not any(k.startswith("Background") for k in rows[0])  # nothing measured, no reason: no column
