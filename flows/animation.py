@@ -124,6 +124,7 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
     chunk_of = {id(f): c.index for f, c in zip(futures, chunks)}
     job_hash = chunks[0].job_dir.rstrip("/").rsplit("/", 1)[-1] if chunks else ""
     reports, failures, arrived = [], [], []
+    one_job = len({c.job_dir for c in chunks}) == 1
     with progress.frame_bar(total, initial=done) as bar:
         for future in as_completed(list(futures)):
             outcome = future.result(raise_on_failure=False)
@@ -141,7 +142,8 @@ def render_frames(chunks: list[ChunkRequest], progress_artifact_id: Optional[UUI
             if progress_artifact_id is not None:
                 update_progress_artifact(progress_artifact_id, progress=progress_percent(done, total),
                                          description=progress_description(done, total, job_hash, job_name))
-                publish_frames_so_far(chunks[0].job_dir, arrived, total, job_hash, job_name)
+                if one_job:  # a sweep's chunks fill many job folders: its own page shows its cells
+                    publish_frames_so_far(chunks[0].job_dir, arrived, total, job_hash, job_name)
     if failures:
         failures.sort(key=lambda f: f[0])
         first_chunk, first_error = failures[0]

@@ -248,3 +248,17 @@ def test_the_form_offers_the_frame_selection():
     field = parameter_schema(flow.fn).properties["frames"]
     assert "quick preview" in field["description"]
     assert {"type": "array", "items": {"type": "integer"}} in field["anyOf"]
+
+
+def test_a_sweep_publishes_no_frames_so_far_page(cat, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.sweep import sweep
+
+    state = sweep(job(cat, tmp_path / "out", PROMPTS[:2], name="swept"), grid={"settings.guidance_scale": [2.0, 3.0]},
+                  return_state=True)
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.key}
+    assert not any(k.startswith("frames-so-far-swept") for k in keys)
+    assert any(k.startswith("sweep-") and "swept" in k for k in keys)  # the sweep's own artifacts are there
