@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,20 +21,20 @@ from typing import Any
 
 from flows.job.checkpoints import lora_digests, resolve_controlnet, resolve_model
 from flows.job.model import ModelSpec
+from flows.jobdir.cache import CacheError, parse_size
 
 log = logging.getLogger("flows.execution.worker_cache")
 
 MAX_PIPELINES = int(os.environ.get("MASACTRL_MAX_PIPELINES", "2"))
 BUDGET_ENV = "MASACTRL_ENGINE_CACHE_BYTES"
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_bytes(text: str) -> int:
-    """'4GiB', '512M', '1000000' -> bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
-    if not match:
-        raise ValueError(f"{BUDGET_ENV}={text!r} is not a size; write it like '4GiB', '512MiB' or a number of bytes")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    """'4GiB', '512M', '1000000' -> bytes (the sizes ``cache prune`` reads)."""
+    try:
+        return parse_size(text, field=BUDGET_ENV)
+    except CacheError:
+        raise ValueError(f"{BUDGET_ENV}={text!r} is not a size; write it like '4GiB', '512MiB' or a number of bytes") from None
 
 
 def default_budget() -> int:

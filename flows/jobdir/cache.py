@@ -163,9 +163,10 @@ def _kept_by_policy(jobs: list[JobEntry], busy: set[Path], older_than: Optional[
     return kept
 
 
-def _needed_bytes(output: Path, kept: list[JobEntry]) -> int:
-    """Bytes the output folder would hold with only ``kept`` and what they list."""
-    seen: set[tuple[int, int]] = set()
+def _needed_bytes(output: Path, kept: list[JobEntry], seen: Optional[set[tuple[int, int]]] = None) -> int:
+    """Bytes the output folder would hold with only ``kept`` and what they list; the files counted
+    are added to ``seen``."""
+    seen = set() if seen is None else seen
     store = FrameStore.of(output)
     total = 0
     for j in kept:
@@ -205,7 +206,7 @@ def prune(output: str | os.PathLike, older_than: Optional[float] = None, max_byt
     kept_paths = {j.path for j in kept}
     seen: set[tuple[int, int]] = set()
     # What the kept jobs use is counted first, so a frame linked from a kept job frees nothing.
-    _needed_bytes_into(output, kept, seen)
+    _needed_bytes(output, kept, seen)
     doomed = [j.path for j in jobs if j.path not in kept_paths]
     keys = {k for j in kept for k in j.frame_keys}
     inversions = {j.inversion for j in kept if j.inversion}
@@ -235,15 +236,6 @@ def prune(output: str | os.PathLike, older_than: Optional[float] = None, max_byt
     if not dry_run:
         forget_versions(output, {p.name for p in report.removed})
     return report
-
-
-def _needed_bytes_into(output: Path, kept: list[JobEntry], seen: set[tuple[int, int]]) -> None:
-    store = FrameStore.of(output)
-    for j in kept:
-        for key in j.frame_keys:
-            if store.frame(key).is_file():
-                _tree_bytes(store.frame(key), seen)
-        _tree_bytes(j.path, seen)
 
 
 def human_bytes(n: int) -> str:
